@@ -1,0 +1,26 @@
+"""wahookd: a self-hosted daemon that receives WhatsApp webhooks.
+
+Module map (the plugin API is `hookspecs`, `errors`, `events`, `providers` and `testing`):
+
+- `cli`        the command line; the only place that exits
+- `settings`   configuration (TOML + environment + *_file secrets)
+- `app`        `make_app(...)`: the Tornado application; `handlers` its request handlers
+- `daemon`     `serve(settings)`: startup, signals, drain and shutdown
+- `providers/` one module per WhatsApp API provider: verify, split, normalize
+- `events`     the normalized event (SPEC §4) and shared conversions
+- `ratelimit`  per-client-IP token buckets
+- `journal`    the durable store: events, dedupe LRU, sink positions, dead letters
+- `delivery`   one worker per sink: retries, backoff, dead letters
+- `media`      downloads attachments into the object store before delivery
+- `hookspecs`  the plugin hooks and the `SinkSpec` descriptor
+- `plugins`    the plugin manager factory and registry
+- `sinks/`     the built-in sinks (file, forward, sql), written as plugins
+- `metrics`    Prometheus metrics, defined against an injected registry
+- `log`        structlog configuration
+- `testing`    helpers for plugin authors
+"""
+
+from wahookd.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "hookimpl"]

@@ -1,0 +1,82 @@
+"""The `wahookd` command line. The only module that exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from wahookd.errors import ConfigError, WahookdError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wahookd", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", help="TOML file (default $WAHOOKD_CONFIG, then /etc/wahookd/wahookd.toml)")
+        return sub
+
+    command("serve", "run the daemon in the foreground (systemd Type=notify)")
+    command("check-config", "validate the configuration: exit 0, or 1 with one line per problem")
+
+    send = command("send-test", "post a correctly signed sample webhook for a source")
+    send.add_argument("--source", required=True, help="the source name in [sources.<name>]")
+    send.add_argument("--kind", default="text", choices=["text", "image", "status"])
+    send.add_argument("--url", help="where to post (default: this config's listen address)")
+
+    replay = command("replay", "re-deliver dead letters (--dead) or the journal to sinks")
+    replay.add_argument("--sink", help="only this sink (default: every sink)")
+    replay.add_argument("--dead", action="store_true", help="re-deliver dead letters")
+    replay.add_argument("--since", help="only events received at or after this RFC 3339 time")
+
+    command("status", "journal size, per-sink backlog and dead letters, dedupe fill")
+    command("plugins", "installed plugins and the sinks and providers they provide")
+    return parser
+
+
+def _handler(command: str) -> Callable[[argparse.Namespace], int]:
+    # Imported lazily so that `wahookd plugins` does not pay for Tornado, and so on.
+    if command == "serve":
+        from wahookd.daemon import run_serve
+
+        return run_serve
+    if command == "check-config":
+        return check_config
+    if command == "send-test":
+        from wahookd.sendtest import run_send_test
+
+        return run_send_test
+    from wahookd import admin
+
+    return {"replay": admin.run_replay, "status": admin.run_status, "plugins": admin.run_plugins}[
+        command
+    ]
+
+
+def check_config(args: argparse.Namespace) -> int:
+    from wahookd.daemon import prepare
+
+    prepare(args.config)  # raises ConfigError with every problem
+    print("configuration ok")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _handler(args.command)(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"wahookd: error: {problem}", file=sys.stderr)
+        return 1
+    except WahookdError as exc:
+        print(f"wahookd: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

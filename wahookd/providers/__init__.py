@@ -1,0 +1,90 @@
+"""Provider interface: one module per WhatsApp API provider.
+
+A provider turns one verified HTTP request into normalized `Event`s. It never touches the
+journal, the network or the clock beyond what its scheme needs (Standard Webhooks' tolerance).
+Third parties add providers through the `wahookd_register_providers` hook.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from wahookd.events import Event
+    from wahookd.settings import SourceSettings
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRequest:
+    """What a provider sees of one HTTP request."""
+
+    method: str
+    url: str  # the public URL the provider called (rebuilt from trusted X-Forwarded-*)
+    headers: Mapping[str, str]  # case-insensitive (Tornado's HTTPHeaders)
+    body: bytes
+    content_type: str = ""  # lower-cased, without parameters
+    query: Mapping[str, list[str]] = field(default_factory=dict)
+    client_ip: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A provider-specific answer body (Twilio expects TwiML)."""
+
+    content_type: str
+    body: bytes
+
+
+class Provider:
+    """Base class: override `verify` and `parse`; the rest has sensible defaults."""
+
+    name: ClassVar[str] = ""
+    # Content types this provider's webhooks use; anything else is 415.
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+
+    def verify(self, request: InboundRequest, source: SourceSettings) -> bool:
+        """True when the request is signed with one of `source.secret_values()`."""
+        raise NotImplementedError
+
+    def parse(self, request: InboundRequest, source_name: str, source: SourceSettings) -> list[Event]:
+        """Split the body into events. Raise `wahookd.errors.ParseError` when it is not valid."""
+        raise NotImplementedError
+
+    def handshake(self, request: InboundRequest, source: SourceSettings) -> str | None:
+        """Answer a GET verification handshake: the challenge to echo, or None (403)."""
+        return None
+
+    def reply(self, accepted: int, duplicates: int) -> Reply | None:
+        """The body for a 200; None means the default JSON `{"accepted", "duplicates"}`."""
+        return None
+
+    def sample(self, kind: str) -> tuple[bytes, str]:
+        """A sample webhook body of `kind` (text, image, status) and its content type."""
+        raise NotImplementedError
+
+    def sign(self, body: bytes, url: str, source: SourceSettings) -> dict[str, str]:
+        """Headers that make `body` posted to `url` verify for `source` (used by send-test)."""
+        raise NotImplementedError
+
+
+def constant_time_in(candidate: bytes, secrets: list[bytes]) -> bool:
+    """Compare against every secret without stopping at the first match."""
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(candidate, secret)
+    return found
+
+
+def get_path(data: Any, *keys: str | int) -> Any:
+    """data[k1][k2]... or None where any step is missing or of the wrong type."""
+    for key in keys:
+        if isinstance(key, int):
+            if not isinstance(data, list) or not -len(data) <= key < len(data):
+                return None
+        elif not isinstance(data, dict):
+            return None
+        data = data[key] if isinstance(key, int) else data.get(key)
+    return data

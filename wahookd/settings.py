@@ -1,0 +1,291 @@
+"""Configuration: one TOML file, every key overridable from the environment (SPEC §5).
+
+Precedence: `WAHOOKD_*` environment variables (``__`` nests: ``WAHOOKD_SERVER__LISTEN``)
+over the TOML file over the defaults below. Any secret may be given as ``<key>_file``;
+relative paths resolve against ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``),
+else against the config file's directory. Unknown keys are errors naming their full path.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from wahookd.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/wahookd/wahookd.toml")
+Network = IPv4Network | IPv6Network
+
+# The directory `*_file` secrets resolve against when $CREDENTIALS_DIRECTORY is unset.
+# Set by `load_settings` for the duration of one validation.
+_config_dir: Path | None = None
+
+
+def read_secret_file(path_text: str) -> str:
+    path = Path(path_text).expanduser()
+    if not path.is_absolute():
+        base = os.environ.get("CREDENTIALS_DIRECTORY")
+        path = Path(base) / path if base else (_config_dir or Path.cwd()) / path
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def resolve_secret_files(data: Any, secret_keys: tuple[str, ...]) -> Any:
+    """Replace each ``<key>_file`` in a raw table by ``<key>`` read from that file."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for key in secret_keys:
+        file_key = f"{key}_file"
+        if file_key not in data:
+            continue
+        if data.get(key) is not None:
+            raise ValueError(f"give {key} or {file_key}, not both")
+        data[key] = read_secret_file(str(data.pop(file_key)))
+    return data
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    listen: str = Field("127.0.0.1:8080", description="host:port the HTTP server binds")
+    metrics_listen: str | None = Field(
+        None, description="host:port for a separate /metrics listener; unset serves it on listen"
+    )
+    max_body_bytes: int = Field(3 * 1024 * 1024, gt=0, description="largest accepted body (413)")
+    trusted_proxies: list[Network] = Field(
+        default_factory=lambda: [ip_network("127.0.0.1/32"), ip_network("::1/128")],
+        description="peers whose X-Forwarded-For/-Proto/-Host headers are believed",
+    )
+    body_timeout: float = Field(30.0, gt=0, description="seconds a client may take to send a body")
+    drain_seconds: float = Field(
+        15.0, ge=0, description="on SIGTERM, how long in-flight requests and sinks may finish"
+    )
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_host_port(self.listen)
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - explicit ":8080" means all
+
+
+class StateSettings(Section):
+    dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY") or "wahookd-data"),
+        description="journal, dedupe index and dead letters ($STATE_DIRECTORY under systemd)",
+    )
+    durability: Literal["fsync", "os"] = Field(
+        "fsync", description='"fsync": a 200 survives power loss; "os": faster, not crash-safe'
+    )
+    retention_days: float = Field(
+        7.0, ge=0, description="keep delivered events this long for `wahookd replay`"
+    )
+
+
+class RateLimitSettings(Section):
+    rate: float = Field(50.0, gt=0, description="requests per second per client IP")
+    burst: int = Field(100, gt=0, description="bucket size: requests allowed at once")
+    max_clients: int = Field(
+        100_000, gt=0, description="client IPs tracked at once; least recently seen are dropped"
+    )
+
+
+class DedupeSettings(Section):
+    capacity: int = Field(1_000_000, gt=0, description="entries kept in the on-disk LRU")
+
+
+SOURCE_SECRETS = ("secret", "verify_token", "access_token", "api_key")
+
+
+class SourceSettings(Section):
+    provider: str = Field(description="wasender, meta, twilio, waha, evolution, standard, ...")
+    secret: SecretStr | None = Field(None, description="the provider's signing secret")
+    secrets: list[SecretStr] = Field(
+        default_factory=list, description="more secrets, all accepted (rotation)"
+    )
+    verify: Literal["signature", "none"] = Field(
+        "signature", description='"none" accepts unsigned requests; logged loudly at start'
+    )
+    verify_token: SecretStr | None = Field(None, description="Meta's GET handshake token")
+    public_url: str | None = Field(
+        None, description="the URL the provider signs (Twilio), when a proxy rewrites it"
+    )
+    allow_ips: list[Network] = Field(
+        default_factory=list, description="optional CIDR allow-list; empty allows any address"
+    )
+    token_header: str = Field(
+        "apikey", description="Evolution: the header carrying the shared token"
+    )
+    access_token: SecretStr | None = Field(None, description="bearer token for fetching media")
+    api_key: SecretStr | None = Field(None, description="API key for fetching media")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        return resolve_secret_files(data, SOURCE_SECRETS)
+
+    def secret_values(self) -> list[bytes]:
+        """Every accepted secret, the current one first."""
+        values = [self.secret] if self.secret is not None else []
+        values.extend(self.secrets)
+        return [value.get_secret_value().encode() for value in values]
+
+
+class MediaSettings(Section):
+    store: Literal["local", "s3"] = Field("local", description='"local" directory or "s3"')
+    dir: Path | None = Field(None, description="local store directory; default state.dir/media")
+    endpoint: str = Field("127.0.0.1:9000", description="S3/MinIO host:port")
+    bucket: str = Field("whatsapp-media", description="bucket, created if missing")
+    region: str | None = Field(None, description="S3 region, if the server needs one")
+    access_key: SecretStr | None = Field(None, description="S3 access key")
+    secret_key: SecretStr | None = Field(None, description="S3 secret key")
+    secure: bool = Field(True, description="TLS to the object store")
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="extra media hosts beyond each provider's own"
+    )
+    max_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest media file kept")
+    timeout: float = Field(30.0, gt=0, description="seconds for one download")
+    max_attempts: int = Field(6, ge=1, description="download tries before media.error")
+    backoff_initial: float = Field(2.0, gt=0, description="first retry delay, doubled each try")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        return resolve_secret_files(data, ("access_key", "secret_key"))
+
+
+class SinkSettings(BaseModel):
+    """The keys every sink table has; the rest of the table belongs to the sink's plugin."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    plugin: str = Field(description="which sink plugin: file, forward, sql, or a third party's")
+    kinds: list[Literal["message", "status", "system"]] | None = Field(
+        None, description="deliver only these kinds; unset delivers all"
+    )
+    types: list[str] | None = Field(None, description="deliver only these message types")
+    sources: list[str] | None = Field(None, description="deliver only events of these sources")
+    concurrency: int = Field(1, ge=1, le=256, description="deliveries in flight at once")
+    max_attempts: int = Field(10, ge=1, description="tries before an event is dead-lettered")
+    max_age: float = Field(
+        86400.0, gt=0, description="seconds after which a failing event is dead-lettered"
+    )
+    backoff_initial: float = Field(1.0, gt=0, description="first retry delay in seconds")
+    backoff_max: float = Field(300.0, gt=0, description="longest retry delay in seconds")
+
+    def plugin_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        return (
+            (self.kinds is None or event.get("kind") in self.kinds)
+            and (self.types is None or event.get("type") in self.types)
+            and (self.sources is None or event.get("source") in self.sources)
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WAHOOKD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+    sinks: dict[str, SinkSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return env_settings, init_settings
+
+    @property
+    def media_dir(self) -> Path:
+        return self.media.dir or self.state.dir / "media"
+
+    def effective_sinks(self) -> dict[str, SinkSettings]:
+        """The configured sinks, or the embedded default: one JSONL file in the state dir."""
+        if self.sinks:
+            return self.sinks
+        default = SinkSettings(plugin="file", path=str(self.state.dir / "events.jsonl"))
+        return {"events": default}
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+    """The config file to read, and whether it was asked for (a missing default is fine)."""
+    if explicit:
+        return Path(explicit), True
+    if os.environ.get("WAHOOKD_CONFIG"):
+        return Path(os.environ["WAHOOKD_CONFIG"]), True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None) -> tuple[Settings, Path | None]:
+    """Read and validate the configuration; `ConfigError` lists every problem."""
+    global _config_dir
+    path, required = config_path(explicit)
+    data: dict[str, Any] = {}
+    used: Path | None = None
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        used = path
+    elif required:
+        raise ConfigError([f"{path}: no such file"])
+    _config_dir = path.resolve().parent if used else None
+    try:
+        return Settings(**data), used
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+    finally:
+        _config_dir = None
+
+
+def describe_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[str]:
+    """One line per problem, naming the key's full path: `sinks.archive.path: field required`."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in (*prefix, *error["loc"])]
+        # Pydantic reports tagged-union/validator internals as extra loc parts; drop them.
+        loc = [part for part in loc if not part.startswith("function-")]
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "field required"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        lines.append(f"{'.'.join(loc) or '(top)'}: {message}")
+    return lines
