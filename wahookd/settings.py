@@ -133,6 +133,10 @@ class SourceSettings(Section):
     )
     access_token: SecretStr | None = Field(None, description="bearer token for fetching media")
     api_key: SecretStr | None = Field(None, description="API key for fetching media")
+    api_url: str | None = Field(
+        None,
+        description="provider API base URL for media lookups; default the provider's public API",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -162,6 +166,7 @@ class MediaSettings(Section):
     timeout: float = Field(30.0, gt=0, description="seconds for one download")
     max_attempts: int = Field(6, ge=1, description="download tries before media.error")
     backoff_initial: float = Field(2.0, gt=0, description="first retry delay, doubled each try")
+    concurrency: int = Field(4, ge=1, le=64, description="media downloads in flight at once")
 
     @model_validator(mode="before")
     @classmethod

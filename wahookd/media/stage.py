@@ -1,0 +1,234 @@
+"""The media stage: between the journal and the sinks (SPEC §1, step 5).
+
+The journal holds an event that carries media with ``dseq`` NULL; sinks only see events
+with a ``dseq``. This stage takes those events (`Journal.pending_media`, oldest first),
+downloads and stores each file, fills ``media.stored`` / ``sha256`` / ``size`` /
+``mime_type`` / ``filename``, and hands the event back (`Journal.complete_media`), which
+releases it to the sinks. After ``media.max_attempts`` tries, or at once when retrying
+cannot help (a refused host, a failed MAC), the event is completed with ``media.error``
+so nothing waits forever. Events without media never enter this stage.
+
+Retry state lives in memory only: after a restart every event still pending in the
+journal is picked up again and retried from attempt zero. Storing is idempotent (the
+object key is derived from the content), so a file stored just before a crash is simply
+stored again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from wahookd.media.errors import MediaError
+from wahookd.media.fetch import Fetcher
+from wahookd.media.retrieval import retrieve
+from wahookd.media.store import MediaStore, bare_mime, make_store, object_key
+from wahookd.settings import Settings
+
+# Events held in memory at once (downloading or waiting for a retry); the rest wait in
+# the journal, so memory stays bounded whatever the backlog (SPEC §9).
+MAX_TRACKED = 1000
+# A missed wake-up costs at most this long.
+POLL_INTERVAL = 5.0
+COMPLETE_RETRY_MAX = 30.0
+
+
+class MediaJournal(Protocol):
+    """What the stage needs of `wahookd.journal.Journal`."""
+
+    async def pending_media(self, limit: int) -> list[tuple[int, dict[str, Any]]]: ...
+
+    async def complete_media(self, seq: int, event: dict[str, Any]) -> None: ...
+
+
+class MediaStage:
+    """Downloads and stores the media of journaled events, then releases them to the sinks.
+
+    The daemon constructs it, runs `run()` as a task, calls `wake()` after each journal
+    commit that had media events, and awaits `close()` at shutdown.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: MediaJournal,
+        metrics: Any,
+        log: Any,
+        store: MediaStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.metrics = metrics
+        self.log = log
+        media = settings.media
+        self.max_attempts = media.max_attempts
+        self.backoff_initial = media.backoff_initial
+        self.fetcher = Fetcher(
+            media.allow_hosts, media.max_bytes, media.timeout, max_clients=media.concurrency
+        )
+        self.store = store or make_store(settings)
+        # Scratch files live under the media directory so the local store's rename is atomic.
+        self.workdir = settings.media_dir / ".incoming"
+        self._slots = asyncio.Semaphore(media.concurrency)
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        """New media events are in the journal: look now. Safe from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._wakeup.set()  # run() has not started; it polls first anyway
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wakeup.set()
+        else:
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def run(self) -> None:
+        """Poll the journal until cancelled; each pending event gets its own task."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._prepare_workdir)
+        try:
+            while True:
+                self._wakeup.clear()
+                await self._poll()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
+        finally:
+            await self._cancel_tasks()
+
+    async def close(self) -> None:
+        """Stop in-flight downloads (their events stay pending for the next start)."""
+        await self._cancel_tasks()
+        self.fetcher.close()
+        await self.store.close()
+
+    def _prepare_workdir(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Scratch files a crash left behind; their events are still pending and start over.
+        for leftover in self.workdir.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+
+    async def _poll(self) -> None:
+        room = MAX_TRACKED - len(self._tasks)
+        if room <= 0:
+            return
+        try:
+            # Oldest first; the ones already in hand come back too, so ask for that many more.
+            pending = await self.journal.pending_media(len(self._tasks) + room)
+        except Exception as exc:
+            self.log.error("media_poll_failed", error=str(exc))
+            return
+        for seq, event in pending:
+            if seq not in self._tasks and len(self._tasks) < MAX_TRACKED:
+                self._spawn(seq, event)
+
+    def _spawn(self, seq: int, event: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._handle(seq, event), name=f"media-{seq}"
+        )
+        self._tasks[seq] = task
+        task.add_done_callback(lambda _task, seq=seq: self._tasks.pop(seq, None))
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _handle(self, seq: int, event: dict[str, Any]) -> None:
+        """All attempts for one event, then hand it back to the journal."""
+        media = event.get("media")
+        source = str(event.get("source") or "")
+        if not isinstance(media, dict):
+            await self._complete(seq, event)
+            return
+        attempt = 0
+        while True:
+            async with self._slots:
+                try:
+                    await self._attempt(seq, event, media, source)
+                except MediaError as exc:
+                    error = exc
+                except Exception as exc:  # a bug must not park the event forever
+                    self.log.exception("media_internal_error", source=source, seq=seq)
+                    error = MediaError(f"internal error: {type(exc).__name__}", retry=True)
+                else:
+                    self._count(source, "stored")
+                    await self._complete(seq, event)
+                    return
+            attempt += 1
+            if not error.retry or attempt >= self.max_attempts:
+                self._count(source, error.outcome)
+                self.log.warning(
+                    "media_failed", source=source, seq=seq, attempts=attempt, reason=error.reason
+                )
+                media["error"] = error.reason
+                await self._complete(seq, event)
+                return
+            delay = self.backoff_initial * 2 ** (attempt - 1)
+            self._count(source, "retry")
+            self.log.info(
+                "media_retry", source=source, seq=seq, attempt=attempt, delay=delay,
+                reason=error.reason,
+            )
+            await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, seq: int, event: dict[str, Any], media: dict[str, Any], source: str
+    ) -> None:
+        retrieved = await retrieve(
+            event, self.settings.sources.get(source), self.fetcher, self.workdir
+        )
+        try:
+            mime = bare_mime(media.get("mime_type")) or bare_mime(retrieved.content_type)
+            key = object_key(source, received_day(event), retrieved.sha256, mime)
+            stored = await self.store.put(retrieved.path, key, mime)
+        finally:
+            await asyncio.to_thread(retrieved.path.unlink, missing_ok=True)
+        self.metrics.media_bytes.inc(retrieved.size)
+        media.update(
+            stored=stored,
+            sha256=retrieved.sha256,
+            size=retrieved.size,
+            # The declared type wins (it is what the sender chose); else what the host said.
+            mime_type=media.get("mime_type") or mime,
+            filename=media.get("filename") or Path(key).name,
+            error=None,
+        )
+        self.log.info("media_stored", source=source, seq=seq, key=key, size=retrieved.size)
+
+    async def _complete(self, seq: int, event: dict[str, Any]) -> None:
+        """Hand the event back; a journal hiccup is retried, never dropped."""
+        delay = 0.5
+        while True:
+            try:
+                await self.journal.complete_media(seq, event)
+                return
+            except Exception as exc:
+                self.log.error("media_complete_failed", seq=seq, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, COMPLETE_RETRY_MAX)
+
+    def _count(self, source: str, outcome: str) -> None:
+        self.metrics.media_downloads.labels(source=source, outcome=outcome).inc()
+
+
+def received_day(event: dict[str, Any]) -> date:
+    """The UTC day the event was made durable (stable across retries and restarts)."""
+    text = event.get("received_at")
+    if isinstance(text, str):
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).date()
+        except ValueError:
+            pass
+    return datetime.now(UTC).date()
