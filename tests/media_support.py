@@ -110,6 +110,7 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)  # required request headers
     forbid: tuple[str, ...] = ()  # request headers that must be absent
     length: bool = True  # send Content-Length for generated bodies
+    delay: float = 0.0  # seconds before answering
 
 
 class _Handler(tornado.web.RequestHandler):
@@ -122,6 +123,8 @@ class _Handler(tornado.web.RequestHandler):
         route = self.standin.routes.get(path)
         if route is None:
             raise tornado.web.HTTPError(404)
+        if route.delay:
+            await asyncio.sleep(route.delay)
         for name, value in route.headers.items():
             if self.request.headers.get(name) != value:
                 raise tornado.web.HTTPError(401)

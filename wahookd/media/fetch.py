@@ -110,8 +110,9 @@ class Fetcher:
             force_instance=True,
             resolver=GuardedResolver(allow=self.allow),
             max_clients=max_clients,
-            # Our own cap reports first; this one is Tornado's backstop.
-            max_body_size=max_bytes + 1,
+            # Tornado's own limit would fire first and hide why the body was cut; the cap is
+            # enforced by `_BodyWriter`, which sees every piece (Tornado reads in 64 KiB reads).
+            max_body_size=1 << 62,
         )
 
     def close(self) -> None:
