@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from wahookd.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from wahookd.errors import ConfigError, DeliveryError, JournalError, PermanentDeliveryError
 from wahookd.hookspecs import Sink, SinkContext
 from wahookd.journal import Journal, ReadyEvent
 from wahookd.metrics import Metrics
@@ -92,7 +92,12 @@ class SinkWorker:
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                batch = await self.journal.read_ready(self.cursor, BATCH)
+                try:
+                    batch = await self.journal.read_ready(self.cursor, BATCH)
+                except JournalError as exc:
+                    self.log.error("journal_read_failed", error=str(exc))
+                    await self._sleep_or_stop(1.0)
+                    continue
                 self.metrics.sink_backlog.labels(self.name).set(
                     max(0, self.journal.last_dseq - self.cursor)
                 )
@@ -101,11 +106,15 @@ class SinkWorker:
                     await self._wake.wait()
                     continue
                 self.idle.clear()
-                done = await self._deliver_batch(batch)
-                if done > self.cursor:
-                    await call_optional(self.sink, "flush")
-                    await self.journal.save_cursor(self.name, done)
-                    self.cursor = done
+                try:
+                    done = await self._deliver_batch(batch)
+                    if done > self.cursor:
+                        await call_optional(self.sink, "flush")
+                        await self.journal.save_cursor(self.name, done)
+                        self.cursor = done
+                except Exception as exc:  # flush or the journal failed: retry the batch later
+                    self.log.error("sink_batch_failed", error=str(exc) or type(exc).__name__)
+                    await self._sleep_or_stop(1.0)
         finally:
             await call_optional(self.sink, "close")
 

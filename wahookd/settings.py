@@ -62,7 +62,7 @@ def resolve_secret_files(data: Any, secret_keys: tuple[str, ...]) -> Any:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class ServerSettings(Section):
