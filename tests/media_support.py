@@ -190,7 +190,8 @@ class StandIn:
     def stop(self) -> None:
         if self._thread is None:
             return
-        assert self._loop is not None and self._stop is not None
+        assert self._loop is not None
+        assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(5)
         self._thread = None

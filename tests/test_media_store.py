@@ -36,7 +36,9 @@ def test_extension_comes_only_from_the_fixed_table(mime: str | None, ext: str) -
 def test_odd_source_names_become_a_plain_segment(source: str) -> None:
     key = object_key(source, date(2026, 1, 2), DIGEST, "image/png")
     first = key.split("/")[0]
-    assert first.startswith("source-") and ".." not in key and len(key.split("/")) == 5
+    assert first.startswith("source-")
+    assert ".." not in key
+    assert len(key.split("/")) == 5
 
 
 def test_key_refuses_a_digest_that_is_not_a_sha256() -> None:
@@ -71,7 +73,9 @@ def test_local_store_storing_the_same_file_twice_keeps_one_copy(tmp_path: Path) 
 
 def test_make_store_follows_the_settings(tmp_path: Path) -> None:
     local = make_store(Settings(state={"dir": str(tmp_path)}))
-    assert isinstance(local, LocalStore) and local.root == tmp_path / "media" and local.fsync
+    assert isinstance(local, LocalStore)
+    assert local.root == tmp_path / "media"
+    assert local.fsync
     s3 = make_store(Settings(media={"store": "s3", "endpoint": "127.0.0.1:1", "secure": False}))
     assert isinstance(s3, S3Store)
 

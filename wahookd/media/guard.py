@@ -160,5 +160,6 @@ class GuardedResolver(Resolver):
         for _family, sockaddr in answers:
             address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
             if not is_public(address) and not self.allow.contains(address):
-                raise MediaRefused(f"private address refused: {host} -> {address}")
+                shown = host if host == str(address) else f"{host} -> {address}"
+                raise MediaRefused(f"private address refused: {shown}")
         return answers
