@@ -462,3 +462,27 @@ def test_scratch_files_left_by_a_crash_are_removed(tmp_path: Path) -> None:
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half")
     run_stage(settings, MemoryJournal([]), until=lambda: not leftover.exists(), timeout=2)
+
+
+class StaleJournal(MemoryJournal):
+    """Answers `pending_media` from a snapshot taken before the hand-backs committed."""
+
+    async def pending_media(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        return [(seq, copy.deepcopy(self.events[seq])) for seq in sorted(self.events)][:limit]
+
+
+def test_an_event_handed_back_is_not_fetched_again_from_a_stale_read(
+    host: StandIn, tmp_path: Path
+) -> None:
+    media = encrypt_media(PHOTO)
+    host.routes["/enc"] = Route(body=media.encrypted)
+    journal = StaleJournal([wasender_event(host.url("/enc"), media)])
+
+    def wake_often(stage: MediaStage) -> None:
+        for _ in range(10):
+            time.sleep(0.05)
+            stage.wake()
+
+    metrics = run_stage(make_settings(tmp_path), journal, during=wake_often)
+    assert len(host.hits) == 1
+    assert metrics.downloads("shop", "stored") == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,8 @@ from wahookd.settings import Settings
 MAX_TRACKED = 1000
 # A missed wake-up costs at most this long.
 POLL_INTERVAL = 5.0
+# Each commit with media wakes the stage; under load, one journal read serves many wake-ups.
+MIN_POLL_GAP = 0.05
 COMPLETE_RETRY_MAX = 30.0
 
 
@@ -76,6 +79,9 @@ class MediaStage:
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Events handed back lately: a poll that read the journal just before a hand-back
+        # committed must not start them again.
+        self._finished: OrderedDict[int, None] = OrderedDict()
 
     def wake(self) -> None:
         """New media events are in the journal: look now. Safe from any thread."""
@@ -102,6 +108,7 @@ class MediaStage:
                 await self._poll()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
+                await asyncio.sleep(MIN_POLL_GAP)
         finally:
             await self._cancel_tasks()
 
@@ -129,8 +136,11 @@ class MediaStage:
             self.log.error("media_poll_failed", error=str(exc))
             return
         for seq, event in pending:
-            if seq not in self._tasks and len(self._tasks) < MAX_TRACKED:
-                self._spawn(seq, event)
+            if seq in self._tasks or seq in self._finished:
+                continue
+            if len(self._tasks) >= MAX_TRACKED:
+                break
+            self._spawn(seq, event)
 
     def _spawn(self, seq: int, event: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(
@@ -213,6 +223,9 @@ class MediaStage:
         while True:
             try:
                 await self.journal.complete_media(seq, event)
+                self._finished[seq] = None
+                while len(self._finished) > MAX_TRACKED:
+                    self._finished.popitem(last=False)
                 return
             except Exception as exc:
                 self.log.error("media_complete_failed", seq=seq, error=str(exc))
