@@ -130,6 +130,12 @@ class SinkWorker:
         """Deliver a batch; returns the dseq up to which every event is settled."""
         done = self.cursor
         window = self.table.concurrency
+        if window == 1:  # in order, without a task per event
+            for ready in batch:
+                if not await self._deliver(ready):
+                    return done
+                done = ready.dseq
+            return done
         for start in range(0, len(batch), window):
             part = batch[start : start + window]
             settled = await asyncio.gather(*(self._deliver(ready) for ready in part))

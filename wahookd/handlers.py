@@ -161,9 +161,10 @@ class WebhookHandler(BaseHandler):
             self.chunks.append(chunk)
 
     def inbound(self, body: bytes) -> InboundRequest:
+        assert self.provider is not None
         return InboundRequest(
             method=self.request.method or "POST",
-            url=self.public_url(),
+            url=self.public_url() if self.provider.signs_url else "",
             headers=self.request.headers,
             body=body,
             content_type=self.content_type(),
