@@ -72,7 +72,7 @@ RECENT_READY = 1024  # ready events kept in memory for sinks that are caught up
 JOURNAL_FILE = "journal.db"
 
 
-def connect(path: Path, *, durable: bool = True, cache_kib: int = 4096) -> sqlite3.Connection:
+def connect(path: Path, *, durable: bool = True, cache_kib: int = 2048) -> sqlite3.Connection:
     """A connection with the pragmas every user of the journal needs."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -137,7 +137,7 @@ class Journal:
     def open(self) -> None:
         """Create or check the schema and start the writer thread (blocking; before serving)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path, durable=self.durable, cache_kib=16384)
+        conn = connect(self.path, durable=self.durable, cache_kib=4096)
         conn.executescript(SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
