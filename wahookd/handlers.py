@@ -128,7 +128,8 @@ class WebhookHandler(BaseHandler):
         if self.request.method != "POST":
             return
         content_type = self.content_type()
-        if content_type not in self.provider.content_types:
+        # A missing Content-Type is let through to the provider's parser; a wrong one is not.
+        if content_type and content_type not in self.provider.content_types:
             self.reject(415, "unsupported content type")
         declared = self.request.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > settings.server.max_body_bytes:
