@@ -88,7 +88,8 @@ def test_the_same_event_twice_leaves_one_row(backend: Backend) -> None:
     assert row["from"] == "15551234567"
     assert row["to"] == event["to"]
     assert row["text"] == "hello 👋"
-    assert row["kind"] == "message" and row["type"] == "text"
+    assert row["kind"] == "message"
+    assert row["type"] == "text"
     assert json.loads(row["raw"]) == event["raw"]
 
 
@@ -130,7 +131,8 @@ def test_statuses_out_of_order_end_in_the_latest_state(backend: Backend) -> None
     assert row["event_id"] == events[0]["id"]
     for step in ("sent", "delivered", "read"):  # every step keeps its own time
         assert row[f"{step}_at"] is not None
-    assert row["pending_at"] is None and row["failed_at"] is None
+    assert row["pending_at"] is None
+    assert row["failed_at"] is None
     assert len(backend.rows("SELECT id FROM {p}events")) == 3
 
 
