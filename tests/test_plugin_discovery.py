@@ -1,0 +1,98 @@
+"""Plugins for teams: the installed plugins/ sink is found by its entry point, and the
+"write a sink" guide's example works as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wahookd.errors import ConfigError, PluginError
+from wahookd.plugins import collect, get_plugin_manager
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "writing-a-sink.md"
+
+
+def guide_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL)
+
+
+def test_the_redis_plugin_is_installed_and_discovered_through_its_entry_point() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "wahookd.cli", "plugins"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "redis  [wahookd-redis 0.1.0 (entry point)]" in done.stdout
+    assert "  sink redis: append events to a Redis stream" in done.stdout
+    registry = collect(get_plugin_manager())
+    assert registry.sink_owners["redis"] == "redis"
+
+
+def test_an_installed_plugin_sink_name_clashing_with_a_builtin_is_an_error_naming_both() -> None:
+    import wahookd.sinks.file as file_sink
+
+    manager = get_plugin_manager(load_entrypoints=False)
+
+    class Impostor:
+        from wahookd.hookspecs import hookimpl
+
+        @hookimpl
+        def wahookd_register_sinks(self):  # type: ignore[no-untyped-def]
+            return file_sink.wahookd_register_sinks()
+
+    manager.register(Impostor(), name="impostor")
+    with pytest.raises(PluginError, match=r"sink .file. is provided by both wahookd.sinks.file and impostor"):
+        collect(manager)
+
+
+@pytest.fixture
+def guide_package(tmp_path: Path) -> Path:
+    """The guide's plugin module and its test, written out as a plugin author would."""
+    module, test = guide_blocks("python")
+    package = tmp_path / "wahookd-csv"
+    package.mkdir()
+    (package / "wahookd_csv.py").write_text(module)
+    (package / "test_wahookd_csv.py").write_text(test)
+    return package
+
+
+def test_the_guide_example_test_passes_as_written(guide_package: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:tornasync",
+         str(guide_package / "test_wahookd_csv.py"), "--rootdir", str(guide_package)],
+        capture_output=True, text=True, timeout=60, cwd=guide_package,
+        env={"PYTHONPATH": str(guide_package), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+
+
+def test_the_guide_example_registers_and_validates_like_a_builtin(
+    guide_package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wahookd.delivery import build_sink
+    from wahookd.settings import SinkSettings
+    from wahookd.testing import make_context
+
+    monkeypatch.syspath_prepend(str(guide_package))
+    import wahookd_csv  # type: ignore[import-not-found]
+
+    manager = get_plugin_manager(load_entrypoints=False)
+    manager.register(wahookd_csv, name="wahookd_csv")
+    registry = collect(manager)
+    assert registry.sinks["csv"].description == "append messages to a CSV file"
+    with pytest.raises(ConfigError) as caught:
+        build_sink("sheet", SinkSettings(plugin="csv", file="x.csv"), registry,
+                   make_context(guide_package, "sheet"))
+    assert "sinks.sheet.file: unknown key" in caught.value.problems
+    assert "sinks.sheet.path: field required" in caught.value.problems
+
+
+def test_the_guide_config_and_entry_point_snippets_match_the_example() -> None:
+    toml_blocks = guide_blocks("toml")
+    assert any('csv = "wahookd_csv"' in block for block in toml_blocks)
+    assert any('plugin = "csv"' in block for block in toml_blocks)
