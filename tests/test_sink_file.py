@@ -52,5 +52,11 @@ async def test_the_file_rotates_past_max_bytes(tmp_path: Path) -> None:
     rotated = sorted(p.name for p in tmp_path.iterdir())
     assert rotated == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]
     assert all(p.stat().st_size < 260 for p in tmp_path.iterdir())
-    newest = lines(tmp_path / "events.jsonl.1")[-1]["id"]
-    assert newest != "e29" or (tmp_path / "events.jsonl").read_text() == ""
+    kept = [
+        event["id"]
+        for name in ("events.jsonl.2", "events.jsonl.1", "events.jsonl")
+        for event in lines(tmp_path / name)
+    ]
+    # Oldest files dropped, the rest in order: a contiguous tail ending with the last event.
+    assert kept == [f"e{i}" for i in range(30 - len(kept), 30)]
+    assert len(kept) >= 8

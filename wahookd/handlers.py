@@ -40,6 +40,7 @@ class AppState:
 
 class BaseHandler(tornado.web.RequestHandler):
     state: AppState
+    retry_after: int | None = None
 
     def initialize(self, state: AppState) -> None:
         self.state = state
@@ -47,6 +48,8 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Never a stack trace or a secret: the reason is ours, chosen where we raise.
         self.set_header("Content-Type", "application/json")
+        if self.retry_after is not None:  # send_error() cleared the headers set before
+            self.set_header("Retry-After", str(self.retry_after))
         self.finish(json.dumps({"error": self._reason}))
 
     def compute_etag(self) -> None:
@@ -101,7 +104,7 @@ class WebhookHandler(BaseHandler):
         wait = state.limiter.take(self.client)
         if wait:
             state.metrics.rate_limited.inc()
-            self.set_header("Retry-After", str(max(1, math.ceil(wait))))
+            self.retry_after = max(1, math.ceil(wait))
             raise HTTPError(429, reason="rate limited")
         name = self.path_kwargs["source"]
         self.source = settings.sources.get(name)
@@ -178,7 +181,7 @@ class WebhookHandler(BaseHandler):
         if self.too_large:
             self.reject(413, "body too large")
         if state.draining:
-            self.set_header("Retry-After", "5")
+            self.retry_after = 5
             self.reject(503, "shutting down")
         body = b"".join(self.chunks)
         request = self.inbound(body)
@@ -194,7 +197,7 @@ class WebhookHandler(BaseHandler):
             new, duplicates = await state.journal.commit(events)
         except JournalError:
             # Never a 200 for an event that is not durable, never a 4xx for our own fault.
-            self.set_header("Retry-After", "5")
+            self.retry_after = 5
             self.reject(503, "cannot store event")
         for event in new:
             state.metrics.events.labels(self.source_name, event.kind).inc()
