@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +98,38 @@ def test_the_guide_config_and_entry_point_snippets_match_the_example() -> None:
     toml_blocks = guide_blocks("toml")
     assert any('csv = "wahookd_csv"' in block for block in toml_blocks)
     assert any('plugin = "csv"' in block for block in toml_blocks)
+
+
+def test_the_daemon_delivers_to_the_installed_redis_plugin(daemon_factory: Any) -> None:
+    pytest.importorskip("wahookd.providers.wasender", reason="the wasender provider is not merged yet")
+    import json
+    import urllib.request
+    import uuid
+
+    import redis
+
+    from tests.conftest import wasender_body, wasender_headers
+
+    stream = f"wahookd-test:{uuid.uuid4().hex[:12]}"
+    daemon = daemon_factory(
+        '[sources.shop]\nprovider = "wasender"\nsecret = "s"\n\n'
+        f'[sinks.stream]\nplugin = "redis"\nurl = "redis://127.0.0.1:6379/0"\nstream = "{stream}"\n'
+    ).start()
+    ids = [f"3EBREDIS{n:02d}" for n in range(3)]
+    for message_id in [*ids, ids[0]]:  # the repeat is a provider retry: no new event
+        request = urllib.request.Request(
+            daemon.url + "/webhooks/shop", data=wasender_body(message_id),
+            headers=wasender_headers("s"), method="POST",
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    try:
+        deadline = time.monotonic() + 15
+        while client.xlen(stream) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemon.stop() == 0
+        entries = [json.loads(fields["event"]) for _, fields in client.xrange(stream)]
+        assert [entry["message_id"] for entry in entries] == ids
+    finally:
+        client.delete(stream, *client.scan_iter(match=f"{stream}:seen:*"))
+        client.close()
