@@ -269,3 +269,27 @@ def test_plugins_lists_builtin_sinks_and_providers(tmp_path: Path) -> None:
     assert "  sink forward: POST events as JSON" in out
     assert "  sink sql: " in out
     assert "  sink file: " in out
+
+
+def test_replay_retries_a_transient_failure_and_flushes_before_deleting(tmp_path: Path) -> None:
+    from wahookd.admin import open_journal, replay_sink
+    from wahookd.settings import SinkSettings
+    from wahookd.testing import CaptureOptions, CaptureSink
+
+    state = tmp_path / "state"
+    fill_journal(state, [], dead={"capture": ["d1", "d2"]})
+    sink = CaptureSink(CaptureOptions(fail_times=1, retry_after=0))
+    conn = open_journal(state, write=True)
+    stream = io.StringIO()
+    result = asyncio.run(replay_sink(
+        "capture", SinkSettings(plugin="capture"), sink, conn, dead=True, since=None, stream=stream
+    ))
+    conn.close()
+    assert (result.delivered, result.failed) == (2, 0)
+    assert sink.ids == ["d1", "d2"]
+    assert sink.attempts == 3  # d1 failed once, then passed
+    assert sink.started
+    assert sink.flushed
+    assert sink.closed
+    assert dead_letter_ids(state, "capture") == []
+    assert stream.getvalue().endswith("replay capture: 2/2 (100%), 0 failed\n")

@@ -133,3 +133,39 @@ def test_the_daemon_delivers_to_the_installed_redis_plugin(daemon_factory: Any) 
     finally:
         client.delete(stream, *client.scan_iter(match=f"{stream}:seen:*"))
         client.close()
+
+
+def test_testing_helpers_build_valid_events_and_a_capture_sink_that_fails_on_demand(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from wahookd.errors import DeliveryError, PermanentDeliveryError
+    from wahookd.events import KINDS, MESSAGE_TYPES, STATUSES
+    from wahookd.testing import CAPTURE_SPEC, build_sink, make_event, make_status
+
+    event = make_event(from_="15550009999", text="hi")
+    assert event["from"] == "15550009999"
+    assert event["kind"] in KINDS
+    assert event["type"] in MESSAGE_TYPES
+    assert make_event()["id"] != make_event()["id"]
+    status = make_status("wamid.X", "read")
+    assert status["kind"] == "status"
+    assert status["status"] in STATUSES
+    assert status["id"] == "test:wamid.X:read"
+    with pytest.raises(TypeError, match="colour"):
+        make_event(colour="red")
+
+    async def scenario() -> None:
+        sink = build_sink(CAPTURE_SPEC, {"fail_times": 2, "retry_after": 3}, state_dir=tmp_path)
+        for _ in range(2):
+            with pytest.raises(DeliveryError) as caught:
+                await sink.deliver(event)
+            assert caught.value.retry_after == 3
+        await sink.deliver(event)
+        assert sink.ids == [event["id"]]  # type: ignore[attr-defined]
+        permanent = build_sink(CAPTURE_SPEC, {"fail_times": 1, "permanent": True}, state_dir=tmp_path)
+        with pytest.raises(PermanentDeliveryError):
+            await permanent.deliver(event)
+
+    asyncio.run(scenario())

@@ -172,7 +172,7 @@ class CaptureSink:
     """
 
     def __init__(self, options: CaptureOptions | None = None, context: SinkContext | None = None):
-        self.options = options or CaptureOptions()
+        self.options = options or CaptureOptions.model_validate({})
         self.context = context
         self.events: list[dict[str, Any]] = []
         self.attempts = 0
