@@ -89,19 +89,23 @@ class SinkWorker:
         self._wake.set()
 
     async def run(self) -> None:
+        """Deliver until stopped; after `stop()`, finish what is ready (no retry waits), then exit."""
         try:
-            while not self._stopping.is_set():
+            while True:
                 self._wake.clear()
                 try:
                     batch = await self.journal.read_ready(self.cursor, BATCH)
                 except JournalError as exc:
                     self.log.error("journal_read_failed", error=str(exc))
-                    await self._sleep_or_stop(1.0)
+                    if await self._sleep_or_stop(1.0):
+                        break
                     continue
                 self.metrics.sink_backlog.labels(self.name).set(
                     max(0, self.journal.last_dseq - self.cursor)
                 )
                 if not batch:
+                    if self._stopping.is_set():
+                        break
                     self.idle.set()
                     await self._wake.wait()
                     continue
@@ -114,7 +118,11 @@ class SinkWorker:
                         self.cursor = done
                 except Exception as exc:  # flush or the journal failed: retry the batch later
                     self.log.error("sink_batch_failed", error=str(exc) or type(exc).__name__)
-                    await self._sleep_or_stop(1.0)
+                    if await self._sleep_or_stop(1.0):
+                        break
+                    continue
+                if done < batch[-1].dseq:  # stopped while an event waited for a retry
+                    break
         finally:
             await call_optional(self.sink, "close")
 
@@ -129,8 +137,6 @@ class SinkWorker:
                 if not ok:  # stopping mid-retry: keep the rest for after the restart
                     return done
                 done = ready.dseq
-            if self._stopping.is_set():
-                break
         return done
 
     async def _deliver(self, ready: ReadyEvent) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -22,6 +23,7 @@ from wahookd.rejected import RejectedStore
 from wahookd.settings import Settings, SourceSettings
 
 log = structlog.get_logger("wahookd.http")
+PROBE_SECONDS = 1.0  # /readyz answers within this even when the journal hangs
 
 
 @dataclass
@@ -65,8 +67,14 @@ class ReadyHandler(BaseHandler):
     async def get(self) -> None:
         if self.state.draining:
             raise HTTPError(503, reason="draining")
-        if not self.state.journal.healthy and not await self.state.journal.probe():
-            raise HTTPError(503, reason="journal not writable")
+        journal = self.state.journal
+        if not journal.healthy:
+            try:
+                writable = await asyncio.wait_for(asyncio.shield(journal.probe()), PROBE_SECONDS)
+            except TimeoutError:
+                writable = False
+            if not writable:
+                raise HTTPError(503, reason="journal not writable")
         self.write({"status": "ready"})
 
 
