@@ -169,3 +169,17 @@ def test_testing_helpers_build_valid_events_and_a_capture_sink_that_fails_on_dem
             await permanent.deliver(event)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("module", ["forward", "sql"])
+def test_every_builtin_sink_option_is_documented(module: str) -> None:
+    import importlib
+
+    [spec] = importlib.import_module(f"wahookd.sinks.{module}").wahookd_register_sinks()
+    text = (ROOT / "docs" / "sinks.md").read_text()
+    missing = [
+        name for name in spec.options.model_fields
+        if f"{name} =" not in text and f"# {name}_file =" not in text
+    ]
+    assert missing == []
+    assert all(field.description for field in spec.options.model_fields.values())

@@ -161,7 +161,7 @@ def test_forward_retries_503_and_timeouts_and_every_event_arrives_once_verified(
     daemon_factory: Any, receivers: Any
 ) -> None:
     def flaky(message_id: str, attempt: int) -> int | float:
-        return {1: 503, 2: 1.5}.get(attempt, 200)  # 503, then a stall past the timeout
+        return {1: 503, 2: 0.9}.get(attempt, 200)  # 503, then a stall past the timeout
 
     receiver = receivers(flaky)
     daemon = daemon_factory(source_config(forward_sink(receiver.url, "concurrency = 4\n"))).start()
