@@ -109,6 +109,7 @@ class Progress:
         self.done = 0
         self.failed = 0
         self._shown = 0.0
+        self._shown_text = ""
 
     def step(self, ok: bool) -> None:
         self.done += 1
@@ -126,6 +127,9 @@ class Progress:
         total = max(self.total, self.done)
         percent = 100 * self.done // total if total else 100
         text = f"{self.label}: {self.done}/{total} ({percent}%), {self.failed} failed"
+        if text == self._shown_text and not (final and self.tty):
+            return
+        self._shown_text = text
         if self.tty:
             self.stream.write("\r" + text + ("\n" if final else ""))
         else:
