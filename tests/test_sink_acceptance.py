@@ -239,3 +239,53 @@ def test_sigkill_mid_batch_resumes_after_restart_with_nothing_lost(
         )
         assert conn.execute("SELECT count(DISTINCT message_id) FROM events").fetchone()[0] == len(ids)
     assert daemon.stop() == 0
+
+
+def wasender_status(message_id: str, code: int) -> bytes:
+    return json.dumps({
+        "event": "messages.update",
+        "timestamp": 1747775431467,
+        "data": {
+            "update": {"status": code},
+            "key": {"remoteJid": "1234567890@s.whatsapp.net", "id": message_id, "fromMe": True},
+        },
+    }).encode()
+
+
+def test_per_sink_filters_and_sql_statuses_posted_out_of_order(
+    daemon_factory: Any, receivers: Any, tmp_path: Path
+) -> None:
+    receiver = receivers(lambda message_id, attempt: 200)
+    db_path = tmp_path / "filtered.db"
+    daemon = daemon_factory(
+        source_config(forward_sink(receiver.url, 'sources = ["shop"]\ntypes = ["text"]\n'))
+        + f'\n[sources.other]\nprovider = "wasender"\nsecret = "{SOURCE_SECRET}"\n'
+        + f'\n[sinks.db]\nplugin = "sql"\nurl = "sqlite:///{db_path}"\nkinds = ["status"]\n'
+    ).start()
+    post_messages(daemon, ["3EBSHOPTEXT1"])
+    bodies = [("other", wasender_body("3EBOTHERTEXT"))]
+    # Baileys status codes: 4 read, 3 delivered, 2 sent; posted newest first.
+    bodies += [("shop", wasender_status("3EBOUT00001", code)) for code in (4, 3, 2)]
+    for source, body in bodies:
+        request = urllib.request.Request(
+            f"{daemon.url}/webhooks/{source}", data=body,
+            headers=wasender_headers(SOURCE_SECRET), method="POST",
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def settled() -> bool:
+        done = wahookd("status", "--config", str(daemon.config_path), "--json")
+        sinks = json.loads(done.stdout)["sinks"]
+        return len(sinks) == 2 and all(sink["backlog"] == 0 for sink in sinks)
+
+    wait_until(settled, what="both sinks caught up")
+    assert receiver.accepted == Counter({"3EBSHOPTEXT1": 1})  # not "other", not statuses
+    with sqlite3.connect(db_path) as conn:
+        kinds = [row[0] for row in conn.execute("SELECT kind FROM events")]
+        status = conn.execute(
+            "SELECT status, sent_at IS NOT NULL, delivered_at IS NOT NULL, read_at IS NOT NULL "
+            "FROM message_status WHERE message_id = '3EBOUT00001'"
+        ).fetchone()
+    assert kinds == ["status"] * 3
+    assert status == ("read", 1, 1, 1)
+    assert daemon.stop() == 0
