@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from wahookd.admin import Progress, parse_since
 from wahookd.cli import main
 from wahookd.errors import WahookdError
 from wahookd.events import Event
 from wahookd.journal import Journal
+from wahookd.replay import Progress, parse_since
 
 
 def wahookd(*argv: str) -> tuple[int, str, str]:
@@ -272,7 +272,8 @@ def test_plugins_lists_builtin_sinks_and_providers(tmp_path: Path) -> None:
 
 
 def test_replay_retries_a_transient_failure_and_flushes_before_deleting(tmp_path: Path) -> None:
-    from wahookd.admin import open_journal, replay_sink
+    from wahookd.admin import open_journal
+    from wahookd.replay import replay_sink
     from wahookd.settings import SinkSettings
     from wahookd.testing import CaptureOptions, CaptureSink
 
