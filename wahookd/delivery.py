@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import random
 import time
 from typing import Any
@@ -21,6 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from wahookd.errors import ConfigError, DeliveryError, JournalError, PermanentDeliveryError
+from wahookd.events import load_json
 from wahookd.hookspecs import Sink, SinkContext
 from wahookd.journal import Journal, ReadyEvent
 from wahookd.metrics import Metrics
@@ -141,7 +141,7 @@ class SinkWorker:
 
     async def _deliver(self, ready: ReadyEvent) -> bool:
         """Deliver one event until it succeeds or is dead-lettered; False if stopped first."""
-        event = json.loads(ready.body)
+        event = load_json(ready.body)
         if not self.table.matches(event):
             return True
         first_try = time.monotonic()
