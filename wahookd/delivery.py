@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import random
 import time
 from typing import Any
@@ -21,6 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from wahookd.errors import ConfigError, DeliveryError, JournalError, PermanentDeliveryError
+from wahookd.events import load_json
 from wahookd.hookspecs import Sink, SinkContext
 from wahookd.journal import Journal, ReadyEvent
 from wahookd.metrics import Metrics
@@ -89,19 +89,23 @@ class SinkWorker:
         self._wake.set()
 
     async def run(self) -> None:
+        """Deliver until stopped; after `stop()`, finish what is ready (no retry waits), then exit."""
         try:
-            while not self._stopping.is_set():
+            while True:
                 self._wake.clear()
                 try:
                     batch = await self.journal.read_ready(self.cursor, BATCH)
                 except JournalError as exc:
                     self.log.error("journal_read_failed", error=str(exc))
-                    await self._sleep_or_stop(1.0)
+                    if await self._sleep_or_stop(1.0):
+                        break
                     continue
                 self.metrics.sink_backlog.labels(self.name).set(
                     max(0, self.journal.last_dseq - self.cursor)
                 )
                 if not batch:
+                    if self._stopping.is_set():
+                        break
                     self.idle.set()
                     await self._wake.wait()
                     continue
@@ -114,7 +118,11 @@ class SinkWorker:
                         self.cursor = done
                 except Exception as exc:  # flush or the journal failed: retry the batch later
                     self.log.error("sink_batch_failed", error=str(exc) or type(exc).__name__)
-                    await self._sleep_or_stop(1.0)
+                    if await self._sleep_or_stop(1.0):
+                        break
+                    continue
+                if done < batch[-1].dseq:  # stopped while an event waited for a retry
+                    break
         finally:
             await call_optional(self.sink, "close")
 
@@ -122,6 +130,12 @@ class SinkWorker:
         """Deliver a batch; returns the dseq up to which every event is settled."""
         done = self.cursor
         window = self.table.concurrency
+        if window == 1:  # in order, without a task per event
+            for ready in batch:
+                if not await self._deliver(ready):
+                    return done
+                done = ready.dseq
+            return done
         for start in range(0, len(batch), window):
             part = batch[start : start + window]
             settled = await asyncio.gather(*(self._deliver(ready) for ready in part))
@@ -129,13 +143,11 @@ class SinkWorker:
                 if not ok:  # stopping mid-retry: keep the rest for after the restart
                     return done
                 done = ready.dseq
-            if self._stopping.is_set():
-                break
         return done
 
     async def _deliver(self, ready: ReadyEvent) -> bool:
         """Deliver one event until it succeeds or is dead-lettered; False if stopped first."""
-        event = json.loads(ready.body)
+        event = load_json(ready.body)
         if not self.table.matches(event):
             return True
         first_try = time.monotonic()
