@@ -486,3 +486,25 @@ def test_an_event_handed_back_is_not_fetched_again_from_a_stale_read(
     metrics = run_stage(make_settings(tmp_path), journal, during=wake_often)
     assert len(host.hits) == 1
     assert metrics.downloads("shop", "stored") == 1
+
+
+def test_encrypted_file_of_a_plaintext_exactly_at_the_cap_is_stored(
+    host: StandIn, tmp_path: Path
+) -> None:
+    media = encrypt_media(PHOTO)
+    assert len(media.encrypted) > len(PHOTO)
+    host.routes["/enc"] = Route(body=media.encrypted)
+    journal = MemoryJournal([wasender_event(host.url("/enc"), media)])
+    run_stage(make_settings(tmp_path, max_bytes=len(PHOTO)), journal)
+    assert journal.done[1]["media"]["error"] is None
+
+
+def test_declared_file_length_over_the_cap_is_refused_without_a_download(
+    host: StandIn, tmp_path: Path
+) -> None:
+    media = encrypt_media(PHOTO)
+    host.routes["/enc"] = Route(body=media.encrypted)
+    journal = MemoryJournal([wasender_event(host.url("/enc"), media)])
+    run_stage(make_settings(tmp_path, max_bytes=len(PHOTO) - 1), journal)
+    assert journal.done[1]["media"]["error"] == f"body over max_bytes ({len(PHOTO) - 1})"
+    assert host.hits == []

@@ -52,9 +52,10 @@ class Download:
 class _BodyWriter:
     """Collects one response body: counts, hashes and batches it to a file or to memory."""
 
-    def __init__(self, out: BinaryIO | None, cap: int) -> None:
+    def __init__(self, out: BinaryIO | None, cap: int, reason: str) -> None:
         self.out = out
         self.cap = cap
+        self.reason = reason
         self.size = 0
         self.digest = hashlib.sha256()
         self.pending = bytearray()
@@ -65,11 +66,11 @@ class _BodyWriter:
         name, _, value = line.partition(":")
         value = value.strip()
         if name.strip().lower() == "content-length" and value.isdigit() and int(value) > self.cap:
-            self.refused = f"body over max_bytes ({self.cap})"
+            self.refused = self.reason
 
     async def chunk(self, data: bytes) -> None:
         if self.refused is None and self.size + len(data) > self.cap:
-            self.refused = f"body over max_bytes ({self.cap})"
+            self.refused = self.reason
         if self.refused is not None:
             # HTTPInputError is the one exception Tornado lets out of a delegate unlogged;
             # it ends the connection, and `Fetcher` reports `self.refused` instead.
@@ -105,6 +106,7 @@ class Fetcher:
     ) -> None:
         self.allow = AllowList.parse(allow_hosts)
         self.max_bytes = max_bytes
+        self.too_big = f"body over max_bytes ({max_bytes})"
         self.timeout = timeout
         self._client = SimpleAsyncHTTPClient(
             force_instance=True,
@@ -123,12 +125,20 @@ class Fetcher:
         return HostPolicy.for_source(provider, api_url, self.allow)
 
     async def download(
-        self, url: str, policy: HostPolicy, headers: dict[str, str], dest: Path
+        self,
+        url: str,
+        policy: HostPolicy,
+        headers: dict[str, str],
+        dest: Path,
+        overhead: int = 0,
     ) -> Download:
-        """GET `url` (following guarded redirects) into `dest`."""
+        """GET `url` (following guarded redirects) into `dest`.
+
+        `overhead`: bytes the body may carry beyond the cap on its content (encryption).
+        """
         out = await asyncio.to_thread(dest.open, "wb")
         try:
-            writer = _BodyWriter(out, self.max_bytes)
+            writer = _BodyWriter(out, self.max_bytes + overhead, self.too_big)
             response = await self._follow(url, policy, headers, writer)
             await writer.flush()
         finally:
@@ -138,7 +148,7 @@ class Fetcher:
 
     async def get_json(self, url: str, policy: HostPolicy, headers: dict[str, str]) -> Any:
         """GET a small JSON document (an API lookup)."""
-        writer = _BodyWriter(None, min(JSON_LIMIT, self.max_bytes))
+        writer = _BodyWriter(None, JSON_LIMIT, "API answer too large")
         await self._follow(url, policy, headers, writer)
         try:
             return json.loads(bytes(writer.memory))

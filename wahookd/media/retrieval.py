@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wahookd.media.decrypt import INFO_BY_MESSAGE, decode_b64, decrypt_file
+from wahookd.media.decrypt import INFO_BY_MESSAGE, MAC_LENGTH, decode_b64, decrypt_file
 from wahookd.media.errors import MediaError, MediaIntegrityError, MediaRefused
 from wahookd.media.fetch import Fetcher
 from wahookd.providers import get_path
@@ -43,6 +43,8 @@ BAILEYS_WRAPPERS = (
     "documentWithCaptionMessage",
     "editedMessage",
 )
+# The cap is on the plaintext; the encrypted file adds up to a padding block and the MAC.
+ENCRYPTION_OVERHEAD = 16 + MAC_LENGTH
 META_MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
 
 
@@ -151,14 +153,18 @@ async def retrieve_baileys(
     file_sha256 = decode_b64(media.get("fileSha256"), "fileSha256")
     declared = _int(media.get("fileLength"))
     if declared is not None and declared > fetcher.max_bytes:
-        raise MediaRefused(f"body over max_bytes ({fetcher.max_bytes})")
+        raise MediaRefused(fetcher.too_big)
     policy = fetcher.policy(provider, source.api_url)
     encrypted = scratch(workdir, "enc")
     plaintext = scratch(workdir, "part")
     try:
         # WhatsApp's CDN expects the web client's origin, as Baileys sends it.
         await fetcher.download(
-            baileys_url(media), policy, {"Origin": "https://web.whatsapp.com"}, encrypted
+            baileys_url(media),
+            policy,
+            {"Origin": "https://web.whatsapp.com"},
+            encrypted,
+            overhead=ENCRYPTION_OVERHEAD,
         )
         digest, size = await asyncio.to_thread(
             decrypt_file,
@@ -169,6 +175,8 @@ async def retrieve_baileys(
             file_enc_sha256,
             file_sha256,
         )
+        if size > fetcher.max_bytes:
+            raise MediaRefused(fetcher.too_big)
     except BaseException:
         plaintext.unlink(missing_ok=True)
         raise
