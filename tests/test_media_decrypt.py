@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,24 @@ def test_large_file_of_each_type_round_trips(tmp_path: Path, kind: str) -> None:
                             info=INFO_BY_MESSAGE[kind])
     assert out == plaintext
     assert (digest, size) == (hashlib.sha256(plaintext).hexdigest(), len(plaintext))
+
+
+def test_memory_stays_flat_while_decrypting_a_large_file(tmp_path: Path) -> None:
+    plaintext = os.urandom(64 * 1024 * 1024)
+    media = encrypt_media(plaintext, INFO_BY_MESSAGE["videoMessage"])
+    source, target = tmp_path / "in.enc", tmp_path / "out.bin"
+    source.write_bytes(media.encrypted)
+    expected = hashlib.sha256(plaintext).hexdigest()
+    del plaintext
+    key, enc_sha, sha = media.media_key, b64(media.file_enc_sha256), b64(media.file_sha256)
+    media = None  # drop the in-memory copies before measuring
+    tracemalloc.start()
+    try:
+        digest, size = decrypt_file(source, target, key, INFO_BY_MESSAGE["videoMessage"],
+                                    enc_sha, sha)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert digest == expected
+    assert size == 64 * 1024 * 1024
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
