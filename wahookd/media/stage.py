@@ -31,11 +31,15 @@ from wahookd.settings import Settings
 
 # Events held in memory at once (downloading or waiting for a retry); the rest wait in
 # the journal, so memory stays bounded whatever the backlog (SPEC §9).
-MAX_TRACKED = 1000
+MAX_TRACKED = 512
 # A missed wake-up costs at most this long.
 POLL_INTERVAL = 5.0
-# Each commit with media wakes the stage; under load, one journal read serves many wake-ups.
+# Each commit with media wakes the stage, and each poll re-reads the events in hand, so
+# wake-ups are coalesced: briefly while the stage is idle, longer while it has a backlog.
 MIN_POLL_GAP = 0.05
+BACKLOG_POLL_GAP = 1.0
+# However many attempts are configured, no single wait grows past this.
+BACKOFF_MAX = 900.0
 COMPLETE_RETRY_MAX = 30.0
 
 
@@ -108,7 +112,8 @@ class MediaStage:
                 await self._poll()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
-                await asyncio.sleep(MIN_POLL_GAP)
+                busy = len(self._tasks) >= self.settings.media.concurrency
+                await asyncio.sleep(BACKLOG_POLL_GAP if busy else MIN_POLL_GAP)
         finally:
             await self._cancel_tasks()
 
@@ -185,7 +190,7 @@ class MediaStage:
                 media["error"] = error.reason
                 await self._complete(seq, event)
                 return
-            delay = self.backoff_initial * 2 ** (attempt - 1)
+            delay = min(self.backoff_initial * 2 ** (attempt - 1), BACKOFF_MAX)
             self._count(source, "retry")
             self.log.info(
                 "media_retry", source=source, seq=seq, attempt=attempt, delay=delay,
