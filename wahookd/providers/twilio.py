@@ -264,6 +264,8 @@ def _event(source_name: str, fields: dict[str, str]) -> Event:
         event.text = text(fields.get("Body"))
         event.type, event.media = _content(fields)
         event.text = event.text or text(fields.get("ButtonText"))
+        if event.type == "location":
+            event.text = event.text or text(fields.get("Label")) or text(fields.get("Address"))
     event.message_id = sid
     return event
 

@@ -25,7 +25,7 @@ import uuid
 from typing import Any
 
 from wahookd.errors import ParseError
-from wahookd.events import Event, content_id
+from wahookd.events import Event, content_id, phone_digits
 from wahookd.providers import InboundRequest, Provider, constant_time_in
 from wahookd.providers.baileys import classify, parties, status_name
 from wahookd.providers.payload import header, ident, load_json_object, text, timestamp
@@ -206,7 +206,10 @@ class _Builder:
             ("receiptTimestamp", "delivered"),
         ):
             if receipt.get(field) is not None:
-                return self._status(item, status, receipt.get(field))
+                event = self._status(item, status, receipt.get(field))
+                # In a group each member's receipt names that member.
+                event.to = phone_digits(text(receipt.get("userJid"))) or event.to
+                return event
         return None
 
     def reaction(self, item: Any) -> Event | None:
