@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the EXPECTED table keeps one event per line
 """Every fixture through its provider: every normalized field of every event (SPEC §4).
 
 `EXPECTED` lists each event's non-null fields (besides source, provider, raw and
@@ -23,7 +24,7 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in wahookd_register_providers(
 FORM = "application/x-www-form-urlencoded"
 
 
-def MEDIA(mime: str | None, filename: str | None, size: int | None) -> dict[str, Any]:  # noqa: N802
+def MEDIA(mime: str | None, filename: str | None, size: int | None) -> dict[str, Any]:
     return new_media(mime, filename, size)
 
 
@@ -294,7 +295,9 @@ def test_meta_raw_is_each_message_and_status_object_unchanged() -> None:
 
 def test_meta_non_ascii_escapes_decode_to_the_original_text() -> None:
     raw = (FIXTURES / "meta/unicode-escaped.json").read_bytes()
-    assert raw.isascii() and b"\\u00bf" in raw and b"\\ud83d\\ude00" in raw
+    assert raw.isascii()
+    assert b"\\u00bf" in raw
+    assert b"\\ud83d\\ude00" in raw
     event = parse_fixture("meta/unicode-escaped.json")[0]
     assert event.text == "\u00bfTienen caf\u00e9? \u2615\U0001f600"
 
