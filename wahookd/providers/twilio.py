@@ -206,7 +206,8 @@ class TwilioProvider(Provider):
 
     def sign(self, body: bytes, url: str, source: SourceSettings) -> dict[str, str]:
         secrets = source.secret_values()
-        params = form_pairs(body) or []
+        # With `bodySHA256` in the URL (JSON bodies) the signature covers the URL only.
+        params = [] if "bodySHA256=" in url else form_pairs(body) or []
         return {SIGNATURE_HEADER: signature_of(secrets[0], url, params, "sha1")} if secrets else {}
 
 
