@@ -117,3 +117,36 @@ def daemon_factory(tmp_path: Path) -> Iterator[type]:
     yield make  # type: ignore[misc]
     for daemon in started:
         daemon.kill()
+
+
+# -- signing, done here independently of the providers' own code -----------------------
+
+def wasender_headers(secret: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "X-Webhook-Signature": secret}
+
+
+def meta_headers(secret: str, body: bytes) -> dict[str, str]:
+    import hashlib
+    import hmac
+
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={digest}"}
+
+
+def wasender_body(message_id: str, text: str = "hello") -> bytes:
+    import json
+
+    return json.dumps(
+        {
+            "event": "messages.upsert",
+            "timestamp": 1700000000,
+            "data": {
+                "messages": {
+                    "key": {"id": message_id, "fromMe": False, "remoteJid": "1234567890@s.whatsapp.net"},
+                    "pushName": "Test",
+                    "messageTimestamp": 1700000000,
+                    "message": {"conversation": text},
+                }
+            },
+        }
+    ).encode()

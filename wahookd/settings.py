@@ -14,7 +14,15 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from wahookd.errors import ConfigError
@@ -54,7 +62,7 @@ def resolve_secret_files(data: Any, secret_keys: tuple[str, ...]) -> Any:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class ServerSettings(Section):
@@ -92,6 +100,12 @@ class StateSettings(Section):
     durability: Literal["fsync", "os"] = Field(
         "fsync", description='"fsync": a 200 survives power loss; "os": faster, not crash-safe'
     )
+
+    @field_validator("dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Sinks and the media store resolve their paths against it; pin it to one place.
+        return value.expanduser().absolute()
     retention_days: float = Field(
         7.0, ge=0, description="keep delivered events this long for `wahookd replay`"
     )

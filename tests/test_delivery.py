@@ -1,0 +1,193 @@
+"""Sink workers: retries with backoff, dead letters, isolation between sinks, resuming."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from wahookd.delivery import SinkWorker, backoff_delay
+from wahookd.errors import DeliveryError, PermanentDeliveryError
+from wahookd.events import Event
+from wahookd.journal import Journal
+from wahookd.metrics import make_metrics
+from wahookd.settings import SinkSettings
+
+
+def event(event_id: str, kind: str = "message") -> Event:
+    return Event(id=event_id, source="shop", provider="wasender", kind=kind, event="x", raw={})
+
+
+class Recorder:
+    """A sink that records what it got and fails while `failures` is positive."""
+
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
+        self.failures = failures
+        self.error = error or RuntimeError("target down")
+        self.got: list[str] = []
+        self.calls = 0
+        self.flushed = 0
+
+    async def deliver(self, event: dict[str, Any]) -> None:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        self.got.append(event["id"])
+
+    async def flush(self) -> None:
+        self.flushed += 1
+
+
+def table(**overrides: Any) -> SinkSettings:
+    values: dict[str, Any] = {"plugin": "test", "backoff_initial": 0.01, "backoff_max": 0.02}
+    values.update(overrides)
+    return SinkSettings(**values)
+
+
+async def start(journal: Journal, name: str, sink: Recorder, **overrides: Any) -> tuple[SinkWorker, asyncio.Task[None]]:
+    worker = SinkWorker(name, table(**overrides), sink, journal, make_metrics())
+    await worker.prepare()
+    return worker, asyncio.get_running_loop().create_task(worker.run())
+
+
+async def settle(*workers: SinkWorker, timeout: float = 5.0) -> None:
+    async def idle() -> None:
+        while not all(w.idle.is_set() and w.cursor == w.journal.last_dseq for w in workers):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(idle(), timeout)
+
+
+async def stop(worker: SinkWorker, task: asyncio.Task[None]) -> None:
+    worker.stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_failing_sink_is_retried_then_succeeds(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    sink = Recorder(failures=2)
+    worker, task = await start(journal, "s", sink)
+    await journal.commit([event("a"), event("b")])
+    await settle(worker)
+    assert sink.got == ["a", "b"]
+    assert sink.calls == 4
+    assert await journal.cursor("s") == 2
+    await stop(worker, task)
+    await journal.close()
+
+
+async def test_dead_letter_at_the_attempt_limit_while_the_other_sink_keeps_receiving(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    broken = Recorder(failures=10**6)
+    healthy = Recorder()
+    w1, t1 = await start(journal, "broken", broken, max_attempts=3)
+    w2, t2 = await start(journal, "healthy", healthy)
+    await journal.commit([event("a"), event("b")])
+    await settle(w1, w2)
+    assert healthy.got == ["a", "b"]
+    assert broken.calls == 6
+    assert await journal.dead_letter_counts() == {"broken": 2}
+    await stop(w1, t1)
+    await stop(w2, t2)
+    await journal.close()
+
+
+async def test_a_stuck_sink_does_not_delay_another(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    stuck = Recorder(failures=10**6)
+    healthy = Recorder()
+    w1, t1 = await start(journal, "stuck", stuck, backoff_initial=60, backoff_max=60)
+    w2, t2 = await start(journal, "healthy", healthy)
+    await journal.commit([event(f"e{i}") for i in range(50)])
+    await settle(w2)
+    assert len(healthy.got) == 50
+    assert stuck.got == []
+    await stop(w1, t1)  # stopping interrupts the backoff sleep
+    assert await journal.cursor("stuck") == 0
+    await stop(w2, t2)
+    await journal.close()
+
+
+async def test_permanent_errors_dead_letter_at_once(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    sink = Recorder(failures=1, error=PermanentDeliveryError("410 Gone"))
+    worker, task = await start(journal, "s", sink, max_attempts=5)
+    await journal.commit([event("a"), event("b")])
+    await settle(worker)
+    assert (sink.calls, sink.got) == (2, ["b"])
+    await stop(worker, task)
+    await journal.close()
+
+
+async def test_retry_after_from_the_target_is_honoured(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    sink = Recorder(failures=1, error=DeliveryError("429", retry_after=0.3))
+    worker, task = await start(journal, "s", sink, backoff_initial=0.001)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await journal.commit([event("a")])
+    await settle(worker)
+    assert loop.time() - began >= 0.3
+    await stop(worker, task)
+    await journal.close()
+
+
+async def test_filters_skip_other_kinds_but_advance(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    sink = Recorder()
+    worker, task = await start(journal, "s", sink, kinds=["status"])
+    await journal.commit([event("m1"), event("s1", kind="status"), event("m2")])
+    await settle(worker)
+    assert sink.got == ["s1"]
+    assert await journal.cursor("s") == 3
+    await stop(worker, task)
+    await journal.close()
+
+
+async def test_a_restart_resumes_where_the_sink_stopped(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    first = Recorder()
+    worker, task = await start(journal, "s", first)
+    await journal.commit([event("a"), event("b")])
+    await settle(worker)
+    await stop(worker, task)
+    await journal.commit([event("c")])  # arrives while the sink is down
+    await journal.close()
+    journal = Journal(tmp_path)
+    journal.open()
+    second = Recorder()
+    worker, task = await start(journal, "s", second)
+    await settle(worker)
+    assert second.got == ["c"]
+    assert second.flushed >= 1
+    await stop(worker, task)
+    await journal.close()
+
+
+async def test_concurrent_delivery_keeps_every_event(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    sink = Recorder(failures=3)
+    worker, task = await start(journal, "s", sink, concurrency=8)
+    await journal.commit([event(f"e{i}") for i in range(100)])
+    await settle(worker)
+    assert sorted(sink.got) == sorted(f"e{i}" for i in range(100))
+    await stop(worker, task)
+    await journal.close()
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    delays = [backoff_delay(n, 1.0, 30.0) for n in range(1, 8)]
+    assert 0.5 <= delays[0] <= 1.0
+    assert 4.0 <= delays[3] <= 8.0
+    assert all(d <= 30.0 for d in delays)
+    assert json.dumps(delays)

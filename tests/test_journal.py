@@ -1,0 +1,147 @@
+"""The journal: durable commits, the dedupe LRU, group commit, media hand-off, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from wahookd.errors import JournalError
+from wahookd.events import Event, new_media
+from wahookd.journal import JOURNAL_FILE, Journal
+
+
+def event(event_id: str, source: str = "shop", media: bool = False) -> Event:
+    return Event(
+        id=event_id, source=source, provider="wasender", kind="message", event="messages.upsert",
+        raw={"id": event_id}, media=new_media("image/jpeg") if media else None,
+    )
+
+
+async def opened(path: Path, **kwargs: object) -> Journal:
+    journal = Journal(path, **kwargs)  # type: ignore[arg-type]
+    journal.open()
+    return journal
+
+
+async def test_new_events_are_committed_and_repeats_are_duplicates(tmp_path: Path) -> None:
+    journal = await opened(tmp_path)
+    new, dupes = await journal.commit([event("a"), event("b"), event("a")])
+    assert [e.id for e in new] == ["a", "b"]
+    assert dupes == 1
+    assert all(e.received_at and e.received_at.endswith("Z") for e in new)
+    new, dupes = await journal.commit([event("a"), event("b")])
+    assert (new, dupes) == ([], 2)
+    ready = await journal.read_ready(0, 10)
+    assert [json.loads(r.body)["id"] for r in ready] == ["a", "b"]
+    assert [r.dseq for r in ready] == [1, 2]
+    await journal.close()
+
+
+async def test_the_same_id_from_another_source_is_a_new_event(tmp_path: Path) -> None:
+    journal = await opened(tmp_path)
+    await journal.commit([event("a", source="one")])
+    new, dupes = await journal.commit([event("a", source="two")])
+    assert (len(new), dupes) == (1, 0)
+    await journal.close()
+
+
+async def test_dedupe_survives_a_restart(tmp_path: Path) -> None:
+    journal = await opened(tmp_path)
+    await journal.commit([event("a")])
+    await journal.close()
+    journal = await opened(tmp_path)
+    new, dupes = await journal.commit([event("a"), event("c")])
+    assert ([e.id for e in new], dupes) == (["c"], 1)
+    assert journal.last_dseq == 2
+    await journal.close()
+
+
+async def test_dedupe_is_an_lru_bounded_by_capacity(tmp_path: Path) -> None:
+    journal = await opened(tmp_path, dedupe_capacity=3)
+    for name in "abc":
+        await journal.commit([event(name)])
+    await journal.commit([event("a")])  # a repeat makes "a" recently used
+    await journal.commit([event("d")])  # evicts the least recently used: "b"
+    assert journal.dedupe_entries == 3
+    new, _ = await journal.commit([event("a"), event("c"), event("d")])
+    assert new == []
+    new, _ = await journal.commit([event("b")])
+    assert [e.id for e in new] == ["b"]
+    rows = sqlite3.connect(tmp_path / JOURNAL_FILE).execute("SELECT count(*) FROM dedupe").fetchone()
+    assert rows[0] == 3
+    await journal.close()
+
+
+async def test_concurrent_commits_share_fsyncs(tmp_path: Path) -> None:
+    commits: list[float] = []
+    journal = await opened(tmp_path, observe_commit=commits.append)
+    results = await asyncio.gather(*(journal.commit([event(f"e{i}")]) for i in range(300)))
+    assert sum(len(new) for new, _ in results) == 300
+    assert len(commits) < 300  # group commit: many requests per transaction
+    await journal.close()
+
+
+async def test_media_events_wait_until_completed(tmp_path: Path) -> None:
+    journal = await opened(tmp_path)
+    woken: list[str] = []
+    journal.on_media(lambda: woken.append("media"))
+    await journal.commit([event("plain"), event("photo", media=True), event("after")])
+    assert woken == ["media"]
+    assert [json.loads(r.body)["id"] for r in await journal.read_ready(0, 10)] == ["plain", "after"]
+    pending = await journal.pending_media()
+    assert [(e["id"], e["media"]["stored"]) for _, e in pending] == [("photo", None)]
+    seq, body = pending[0]
+    body["media"]["stored"] = {"bucket": "b", "key": "k", "url": "s3://b/k"}
+    await journal.complete_media(seq, body)
+    ready = await journal.read_ready(2, 10)
+    assert [json.loads(r.body)["media"]["stored"]["key"] for r in ready] == ["k"]
+    assert await journal.pending_media() == []
+    await journal.close()
+
+
+async def test_cursors_and_dead_letters_persist(tmp_path: Path) -> None:
+    journal = await opened(tmp_path)
+    await journal.commit([event("a"), event("b")])
+    assert await journal.cursor("new-sink") == 2  # a new sink starts at the end
+    await journal.save_cursor("s", 1)
+    await journal.dead_letter("s", 1, {"id": "a"}, 3, "boom")
+    await journal.close()
+    journal = await opened(tmp_path)
+    assert await journal.cursor("s") == 1
+    assert await journal.dead_letter_counts() == {"s": 1}
+    await journal.close()
+
+
+async def test_a_full_disk_fails_the_commit_and_keeps_what_was_accepted(tmp_path: Path) -> None:
+    journal = await opened(tmp_path)
+    await journal.commit([event("kept")])
+    # Make the database "full": SQLite then fails writes with SQLITE_FULL, as on a full disk.
+    pages = journal._writer_conn.execute("PRAGMA page_count").fetchone()[0]
+    journal._writer_conn.execute(f"PRAGMA max_page_count={pages}")
+    big = [event("x" * 2000 + str(i)) for i in range(200)]
+    with pytest.raises(JournalError):
+        await journal.commit(big)
+    assert journal.healthy is False
+    journal._writer_conn.execute("PRAGMA max_page_count=1073741823")
+    assert await journal.probe()
+    assert journal.healthy
+    # Nothing of the failed batch was kept, not even its dedupe keys: a retry is new.
+    new, dupes = await journal.commit([event("kept"), big[0]])
+    assert ([e.id for e in new], dupes) == ([big[0].id], 1)
+    assert [json.loads(r.body)["id"] for r in await journal.read_ready(0, 10)] == ["kept", big[0].id]
+    await journal.close()
+
+
+async def test_prune_keeps_events_a_sink_has_not_passed(tmp_path: Path) -> None:
+    journal = await opened(tmp_path)
+    await journal.commit([event(name) for name in "abcd"])
+    await journal.save_cursor("s1", 3)
+    await journal.save_cursor("s2", 2)
+    assert await journal.prune(["s1", "s2"], older_than=1e12) == 2
+    assert [r.dseq for r in await journal.read_ready(0, 10)] == [3, 4]
+    assert await journal.prune(["s1", "never-started"], older_than=1e12) == 0
+    await journal.close()

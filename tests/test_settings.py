@@ -1,0 +1,179 @@
+"""Configuration: the reference file, environment overrides, *_file secrets, error paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from wahookd.errors import ConfigError
+from wahookd.settings import Settings, load_settings
+
+REFERENCE = Path(__file__).parents[1] / "etc" / "wahookd.toml"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("WAHOOKD_") or name == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "wahookd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_reference_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    (tmp_path / "wasender-secret").write_text("s3cret\n")
+    settings, used = load_settings(REFERENCE)
+    assert used == REFERENCE
+    assert settings.sources["shop"].secret_values() == [b"s3cret"]
+    assert settings.sinks["archive"].plugin == "file"
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def test_every_setting_is_documented_in_the_reference_config() -> None:
+    text = REFERENCE.read_text()
+    from wahookd.settings import SinkSettings, SourceSettings
+
+    names = [key.rsplit(".", 1)[-1] for key in _keys(Settings) if key not in ("sources", "sinks")]
+    names += list(SourceSettings.model_fields) + list(SinkSettings.model_fields)
+    missing = [name for name in names if f"{name} =" not in text and f"{name}_file =" not in text]
+    assert missing == []
+    assert all(info.description for info in SourceSettings.model_fields.values() if info)
+
+
+def test_defaults_need_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("wahookd.settings.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    settings, used = load_settings(None)
+    assert used is None
+    assert settings.state.dir == tmp_path / "wahookd-data"
+    sinks = settings.effective_sinks()
+    assert sinks["events"].plugin == "file"
+    assert sinks["events"].plugin_options()["path"] == str(tmp_path / "wahookd-data" / "events.jsonl")
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[server]\nlisten = "127.0.0.1:1111"\n[sources.shop]\nprovider = "wasender"\nsecret = "a"\n')
+    monkeypatch.setenv("WAHOOKD_SERVER__LISTEN", "127.0.0.1:2222")
+    monkeypatch.setenv("WAHOOKD_SOURCES__SHOP__SECRET", "from-env")
+    settings, _ = load_settings(path)
+    assert settings.server.listen == "127.0.0.1:2222"
+    assert settings.sources["shop"].secret_values() == [b"from-env"]
+
+
+def test_config_path_comes_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[ratelimit]\nrate = 7\n')
+    monkeypatch.setenv("WAHOOKD_CONFIG", str(path))
+    settings, used = load_settings(None)
+    assert used == path
+    assert settings.ratelimit.rate == 7
+
+
+def test_secret_files_resolve_against_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "meta-secret").write_text("app-secret\n")
+    (creds / "old").write_text("x")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    path = write(
+        tmp_path,
+        '[sources.m]\nprovider = "meta"\nsecret_file = "meta-secret"\nsecrets = ["older"]\n',
+    )
+    settings, _ = load_settings(path)
+    assert settings.sources["m"].secret_values() == [b"app-secret", b"older"]
+
+
+def test_secret_file_is_relative_to_the_config_without_credentials_directory(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("tok")
+    path = write(tmp_path, '[sources.m]\nprovider = "meta"\nsecret = "s"\nverify_token_file = "token"\n')
+    settings, _ = load_settings(path)
+    token = settings.sources["m"].verify_token
+    assert token is not None
+    assert token.get_secret_value() == "tok"
+
+
+def test_errors_name_the_full_path_of_each_problem(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nlisten = "127.0.0.1:1"\nmax_body_bytes = "big"\ncolour = "red"\n'
+        '[sources.shop]\nprovider = "wasender"\nsecret_file = "/nonexistent/secret"\n'
+        '[sinks.archive]\nkinds = ["message"]\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    problems = caught.value.problems
+    assert any(p.startswith("server.max_body_bytes:") for p in problems)
+    assert "server.colour: unknown key" in problems
+    assert any(p.startswith("sources.shop:") and "/nonexistent/secret" in p for p in problems)
+    assert "sinks.archive.plugin: field required" in problems
+
+
+def test_invalid_toml_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "[server\n"))
+    assert "invalid TOML" in caught.value.problems[0]
+
+
+def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_reference_config_is_valid_toml() -> None:
+    assert "server" in tomllib.loads(REFERENCE.read_text())
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wahookd.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_prints_one_line_per_problem(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[sources.shop]\nprovider = "nosuch"\n'
+        '[sources.plain]\nprovider = "meta"\n'
+        '[sinks.archive]\nplugin = "file"\npathh = "x"\n',
+    )
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("wahookd: error: ") for line in lines)
+    assert any("sources.shop.provider: unknown provider 'nosuch'" in line for line in lines)
+    assert any(line.startswith("wahookd: error: sources.plain.secret: required") for line in lines)
+    assert any("sinks.archive.pathh: unknown key" in line for line in lines)
+    assert any("sinks.archive.path: field required" in line for line in lines)
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f'[state]\ndir = "{tmp_path}/state"\n[sources.shop]\nprovider = "wasender"\nsecret = "x"\n',
+    )
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,271 @@
+"""`wahookd serve`: validate everything, then listen, then tell systemd; drain on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from tornado.httpserver import HTTPServer
+
+from wahookd.app import make_app, make_metrics_app
+from wahookd.delivery import SinkWorker, build_sink
+from wahookd.errors import ConfigError, WahookdError
+from wahookd.hookspecs import Sink, SinkContext
+from wahookd.journal import Journal
+from wahookd.log import configure_logging
+from wahookd.metrics import make_metrics
+from wahookd.plugins import Registry, collect, get_plugin_manager
+from wahookd.ratelimit import RateLimiter
+from wahookd.rejected import RejectedStore
+from wahookd.settings import Settings, load_settings, split_host_port
+
+log = structlog.get_logger("wahookd.daemon")
+HOUSEKEEPING_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A configuration that has passed every check, with its sinks built."""
+
+    settings: Settings
+    config_path: Path | None
+    registry: Registry
+    sinks: dict[str, Sink]
+
+
+def prepare(config: str | None) -> Prepared:
+    """Load and check everything that can be checked before binding a port."""
+    settings, path = load_settings(config)
+    registry = collect(get_plugin_manager())
+    problems: list[str] = []
+    for name, source in settings.sources.items():
+        if source.provider not in registry.providers:
+            known = ", ".join(sorted(registry.providers)) or "none"
+            problems.append(f"sources.{name}.provider: unknown provider {source.provider!r} (installed: {known})")
+        elif source.verify == "signature" and not source.secret_values():
+            problems.append(
+                f"sources.{name}.secret: required (or secret_file / secrets); "
+                'to accept unsigned webhooks say verify = "none"'
+            )
+    for address in filter(None, (settings.server.listen, settings.server.metrics_listen)):
+        try:
+            split_host_port(address)
+        except ValueError as exc:
+            problems.append(f"server.listen: {exc}")
+    sinks: dict[str, Sink] = {}
+    for name, table in settings.effective_sinks().items():
+        context = SinkContext(
+            name=name,
+            state_dir=settings.state.dir,
+            durable=settings.state.durability == "fsync",
+            log=structlog.get_logger("wahookd.sink").bind(sink=name),
+        )
+        try:
+            sinks[name] = build_sink(name, table, registry, context)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return Prepared(settings, path, registry, sinks)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    configure_logging()
+    prepared = prepare(args.config)
+    return asyncio.run(serve(prepared))
+
+
+def notify_systemd(message: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.warning("systemd_notify_failed", error=str(exc))
+
+
+class TaskSet:
+    """Named background tasks with references kept (no bare create_task)."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
+
+
+class _PassThroughMedia:
+    """Until the media stage lands: hand media events on unchanged."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.event = asyncio.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+    async def run(self) -> None:
+        while True:
+            self.event.clear()
+            for seq, event in await self.journal.pending_media(100):
+                await self.journal.complete_media(seq, event)
+            await self.event.wait()
+
+    async def close(self) -> None:
+        return None
+
+
+def make_media_stage(settings: Settings, journal: Journal, metrics: Any) -> Any:
+    try:
+        from wahookd.media.stage import MediaStage
+    except ImportError:
+        return _PassThroughMedia(journal)
+    return MediaStage(settings, journal, metrics, structlog.get_logger("wahookd.media"))
+
+
+async def serve(prepared: Prepared) -> int:
+    settings = prepared.settings
+    metrics = make_metrics()
+    durable = settings.state.durability == "fsync"
+    journal = Journal(
+        settings.state.dir,
+        durable=durable,
+        dedupe_capacity=settings.dedupe.capacity,
+        observe_commit=metrics.journal_commit.observe,
+    )
+    try:
+        journal.open()
+    except OSError as exc:
+        raise WahookdError(f"cannot open the journal in {settings.state.dir}: {exc}") from exc
+    tables = settings.effective_sinks()
+    workers = [
+        SinkWorker(name, tables[name], sink, journal, metrics)
+        for name, sink in prepared.sinks.items()
+    ]
+    for worker in workers:
+        await worker.prepare()
+    for sink, count in (await journal.dead_letter_counts()).items():
+        metrics.dead_letters.labels(sink).set(count)
+    media = make_media_stage(settings, journal, metrics)
+    journal.on_media(media.wake)
+
+    from wahookd.handlers import AppState
+
+    state = AppState(
+        settings=settings,
+        providers=prepared.registry.providers,
+        journal=journal,
+        metrics=metrics,
+        limiter=RateLimiter(
+            settings.ratelimit.rate, settings.ratelimit.burst, settings.ratelimit.max_clients
+        ),
+        rejected=RejectedStore(settings.state.dir / "rejected"),
+    )
+    separate_metrics = settings.server.metrics_listen is not None
+    server = HTTPServer(
+        make_app(state, with_metrics=not separate_metrics),
+        # Tornado's own cap is a backstop; the handler answers 413 itself below it.
+        max_body_size=settings.server.max_body_bytes * 2 + 65536,
+        body_timeout=settings.server.body_timeout,
+        idle_connection_timeout=60,
+    )
+    host, port = split_host_port(settings.server.listen)
+    servers = [server]
+    try:
+        server.listen(port, host)
+        if separate_metrics:
+            assert settings.server.metrics_listen is not None
+            metrics_server = HTTPServer(make_metrics_app(state))
+            metrics_server.listen(*reversed(split_host_port(settings.server.metrics_listen)))
+            servers.append(metrics_server)
+    except OSError as exc:
+        await journal.close()
+        raise WahookdError(f"cannot listen on {settings.server.listen}: {exc.strerror}") from exc
+
+    tasks = TaskSet()
+    worker_tasks = [tasks.start(worker.run(), f"sink:{worker.name}") for worker in workers]
+    media_task = tasks.start(media.run(), "media")
+    tasks.start(housekeeping(journal, settings, metrics, list(tables)), "housekeeping")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    log.info(
+        "listening", listen=settings.server.listen, config=str(prepared.config_path or "(defaults)"),
+        state_dir=str(settings.state.dir), sources=sorted(settings.sources), sinks=sorted(tables),
+        durability=settings.state.durability,
+    )
+    for name, source in settings.sources.items():
+        if source.verify == "none":
+            log.warning("source_unverified", source=name, hint="anyone can post events to it")
+    if not settings.sources:
+        log.warning(
+            "no_sources",
+            hint='add a source to the config file, e.g. [sources.shop] provider = "wasender" '
+            'secret_file = "wasender-secret"; webhooks then go to POST /webhooks/shop',
+        )
+    notify_systemd("READY=1")
+
+    await stop.wait()
+    deadline = time.monotonic() + settings.server.drain_seconds
+    log.info("draining", inflight=len(state.inflight))
+    notify_systemd("STOPPING=1")
+    state.draining = True
+    for http_server in servers:
+        http_server.stop()
+    while state.inflight and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    for http_server in servers:
+        await http_server.close_all_connections()
+    for worker in workers:
+        worker.stop()
+    media_task.cancel()
+    remaining = max(0.1, deadline - time.monotonic())
+    _done, pending = await asyncio.wait([*worker_tasks, media_task], timeout=remaining)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    await media.close()
+    await journal.close()
+    log.info("stopped", unfinished_sinks=len(pending))
+    return 0
+
+
+async def housekeeping(journal: Journal, settings: Settings, metrics: Any, sinks: list[str]) -> None:
+    """Prune delivered events past the retention and refresh the gauges, once a minute."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_SECONDS)
+        try:
+            cutoff = time.time() - settings.state.retention_days * 86400
+            while await journal.prune(sinks, cutoff) > 0:
+                await asyncio.sleep(0)
+            for sink, count in (await journal.dead_letter_counts()).items():
+                metrics.dead_letters.labels(sink).set(count)
+            metrics.dedupe_entries.set(journal.dedupe_entries)
+        except WahookdError as exc:
+            log.error("housekeeping_failed", error=str(exc))

@@ -1,0 +1,194 @@
+"""Delivery: one worker per sink, each with its own position in the journal.
+
+A worker reads ready events after its cursor, delivers the ones its filter matches, retries
+a failing event with exponential backoff and jitter (or the target's `Retry-After`), and
+dead-letters it after `max_attempts` tries or `max_age` seconds. It then lets the sink
+`flush()` and records the new cursor, so a restart resumes after the last event the sink
+made durable: delivery is at least once, and sinks that upsert by `id` see each event once.
+Workers share nothing, so one stuck sink never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import random
+import time
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from wahookd.errors import ConfigError, DeliveryError, JournalError, PermanentDeliveryError
+from wahookd.hookspecs import Sink, SinkContext
+from wahookd.journal import Journal, ReadyEvent
+from wahookd.metrics import Metrics
+from wahookd.plugins import Registry
+from wahookd.settings import SinkSettings, describe_errors
+
+BATCH = 500
+
+
+def build_sink(name: str, table: SinkSettings, registry: Registry, context: SinkContext) -> Sink:
+    """Validate the sink's own keys with its plugin's model and build it."""
+    spec = registry.sinks.get(table.plugin)
+    if spec is None:
+        known = ", ".join(sorted(registry.sinks)) or "none"
+        raise ConfigError([f"sinks.{name}.plugin: unknown sink plugin {table.plugin!r} (installed: {known})"])
+    try:
+        options = spec.options.model_validate(table.plugin_options())
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, prefix=("sinks", name))) from None
+    return spec.factory(options, context)
+
+
+async def call_optional(sink: Any, method: str) -> None:
+    """Await `sink.<method>()` when the sink defines it."""
+    function = getattr(sink, method, None)
+    if function is not None:
+        result = function()
+        if inspect.isawaitable(result):
+            await result
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with full jitter over the upper half: [d/2, d]."""
+    delay = min(maximum, initial * 2 ** (attempt - 1))
+    return delay / 2 + random.random() * delay / 2  # noqa: S311 - jitter, not crypto
+
+
+class SinkWorker:
+    """Delivers the journal to one sink."""
+
+    def __init__(
+        self, name: str, table: SinkSettings, sink: Sink, journal: Journal, metrics: Metrics
+    ) -> None:
+        self.name = name
+        self.table = table
+        self.sink = sink
+        self.journal = journal
+        self.metrics = metrics
+        self.log = structlog.get_logger("wahookd.delivery").bind(sink=name)
+        self.cursor = 0
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.idle = asyncio.Event()
+
+    async def prepare(self) -> None:
+        """Start the sink and load its position (before the daemon starts listening)."""
+        await call_optional(self.sink, "start")
+        self.cursor = await self.journal.cursor(self.name)
+        self.journal.on_ready(self._wake.set)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until stopped; after `stop()`, finish what is ready (no retry waits), then exit."""
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    batch = await self.journal.read_ready(self.cursor, BATCH)
+                except JournalError as exc:
+                    self.log.error("journal_read_failed", error=str(exc))
+                    if await self._sleep_or_stop(1.0):
+                        break
+                    continue
+                self.metrics.sink_backlog.labels(self.name).set(
+                    max(0, self.journal.last_dseq - self.cursor)
+                )
+                if not batch:
+                    if self._stopping.is_set():
+                        break
+                    self.idle.set()
+                    await self._wake.wait()
+                    continue
+                self.idle.clear()
+                try:
+                    done = await self._deliver_batch(batch)
+                    if done > self.cursor:
+                        await call_optional(self.sink, "flush")
+                        await self.journal.save_cursor(self.name, done)
+                        self.cursor = done
+                except Exception as exc:  # flush or the journal failed: retry the batch later
+                    self.log.error("sink_batch_failed", error=str(exc) or type(exc).__name__)
+                    if await self._sleep_or_stop(1.0):
+                        break
+                    continue
+                if done < batch[-1].dseq:  # stopped while an event waited for a retry
+                    break
+        finally:
+            await call_optional(self.sink, "close")
+
+    async def _deliver_batch(self, batch: list[ReadyEvent]) -> int:
+        """Deliver a batch; returns the dseq up to which every event is settled."""
+        done = self.cursor
+        window = self.table.concurrency
+        for start in range(0, len(batch), window):
+            part = batch[start : start + window]
+            settled = await asyncio.gather(*(self._deliver(ready) for ready in part))
+            for ready, ok in zip(part, settled, strict=True):
+                if not ok:  # stopping mid-retry: keep the rest for after the restart
+                    return done
+                done = ready.dseq
+        return done
+
+    async def _deliver(self, ready: ReadyEvent) -> bool:
+        """Deliver one event until it succeeds or is dead-lettered; False if stopped first."""
+        event = json.loads(ready.body)
+        if not self.table.matches(event):
+            return True
+        first_try = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                await self.sink.deliver(event)
+            except PermanentDeliveryError as exc:
+                await self._dead_letter(ready, event, attempt, str(exc) or type(exc).__name__)
+                return True
+            except Exception as exc:  # the sink boundary: any failure means "retry later"
+                error = str(exc) or type(exc).__name__
+                retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
+                age = time.monotonic() - first_try
+                if attempt >= self.table.max_attempts or age >= self.table.max_age:
+                    await self._dead_letter(ready, event, attempt, error)
+                    return True
+                delay = retry_after if retry_after is not None else backoff_delay(
+                    attempt, self.table.backoff_initial, self.table.backoff_max
+                )
+                self.metrics.sink_deliveries.labels(self.name, "retry").inc()
+                self.log.warning(
+                    "sink_delivery_failed", event_id=event.get("id"), attempt=attempt,
+                    retry_in=round(delay, 3), error=error,
+                )
+                if await self._sleep_or_stop(delay):
+                    return False
+                continue
+            finally:
+                self.metrics.sink_delivery_seconds.labels(self.name).observe(
+                    time.perf_counter() - started
+                )
+            self.metrics.sink_deliveries.labels(self.name, "delivered").inc()
+            return True
+
+    async def _sleep_or_stop(self, delay: float) -> bool:
+        """Sleep `delay` seconds; true if asked to stop meanwhile."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _dead_letter(self, ready: ReadyEvent, event: dict[str, Any], attempts: int, error: str) -> None:
+        await self.journal.dead_letter(self.name, ready.seq, event, attempts, error[:1000])
+        self.metrics.sink_deliveries.labels(self.name, "dead").inc()
+        self.metrics.dead_letters.labels(self.name).inc()
+        self.log.error("sink_dead_letter", event_id=event.get("id"), attempts=attempts, error=error)

@@ -1,0 +1,236 @@
+"""HTTP handlers (SPEC §2). Errors are `HTTPError`s rendered as `{"error": "<reason>"}`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado.web import HTTPError
+
+from wahookd.errors import JournalError, ParseError
+from wahookd.journal import Journal
+from wahookd.metrics import Metrics
+from wahookd.providers import InboundRequest, Provider
+from wahookd.ratelimit import RateLimiter, client_ip, is_trusted
+from wahookd.rejected import RejectedStore
+from wahookd.settings import Settings, SourceSettings
+
+log = structlog.get_logger("wahookd.http")
+PROBE_SECONDS = 1.0  # /readyz answers within this even when the journal hangs
+
+
+@dataclass
+class AppState:
+    """What the handlers share: built once by the daemon (or a test)."""
+
+    settings: Settings
+    providers: dict[str, Provider]
+    journal: Journal
+    metrics: Metrics
+    limiter: RateLimiter
+    rejected: RejectedStore
+    draining: bool = False
+    inflight: set[Any] = field(default_factory=set)  # webhook requests being handled
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    state: AppState
+    retry_after: int | None = None
+
+    def initialize(self, state: AppState) -> None:
+        self.state = state
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Never a stack trace or a secret: the reason is ours, chosen where we raise.
+        self.set_header("Content-Type", "application/json")
+        if self.retry_after is not None:  # send_error() cleared the headers set before
+            self.set_header("Retry-After", str(self.retry_after))
+        self.finish(json.dumps({"error": self._reason}))
+
+    def compute_etag(self) -> None:
+        return None
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.write({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    async def get(self) -> None:
+        if self.state.draining:
+            raise HTTPError(503, reason="draining")
+        journal = self.state.journal
+        if not journal.healthy:
+            try:
+                writable = await asyncio.wait_for(asyncio.shield(journal.probe()), PROBE_SECONDS)
+            except TimeoutError:
+                writable = False
+            if not writable:
+                raise HTTPError(503, reason="journal not writable")
+        self.write({"status": "ready"})
+
+
+class MetricsHandler(BaseHandler):
+    def get(self) -> None:
+        self.state.metrics.dedupe_entries.set(self.state.journal.dedupe_entries)
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.write(generate_latest(self.state.metrics.registry))
+
+
+@tornado.web.stream_request_body
+class WebhookHandler(BaseHandler):
+    """`POST /webhooks/{source}`: the intake path; `GET` answers Meta's handshake."""
+
+    source_name: str
+    source: SourceSettings | None
+    provider: Provider | None
+
+    def prepare(self) -> None:
+        self.started = time.perf_counter()
+        self.state.inflight.add(self)
+        self.label = "unknown"  # metrics label: a configured source name, never the URL's text
+        self.outcome: dict[str, Any] = {}
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.too_large = False
+        state = self.state
+        settings = state.settings
+        self.client = client_ip(
+            self.request.remote_ip or "",
+            self.request.headers.get("X-Forwarded-For"),
+            settings.server.trusted_proxies,
+        )
+        # The rate limit comes before anything that costs CPU (SPEC §1).
+        wait = state.limiter.take(self.client)
+        if wait:
+            state.metrics.rate_limited.inc()
+            self.retry_after = max(1, math.ceil(wait))
+            raise HTTPError(429, reason="rate limited")
+        name = self.path_kwargs["source"]
+        self.source = settings.sources.get(name)
+        if self.source is None:
+            self.reject(404, "unknown source")
+        self.source_name = self.label = name
+        self.provider = state.providers.get(self.source.provider)
+        if self.provider is None:  # check-config prevents this; a plugin may vanish
+            self.reject(503, "provider not installed")
+        if self.source.allow_ips and not is_trusted(self.client, self.source.allow_ips):
+            self.reject(401, "address not allowed")
+        if self.request.method != "POST":
+            return
+        content_type = self.content_type()
+        if content_type not in self.provider.content_types:
+            self.reject(415, "unsupported content type")
+        declared = self.request.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > settings.server.max_body_bytes:
+            self.reject(413, "body too large")
+
+    def content_type(self) -> str:
+        return self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+    def reject(self, status: int, reason: str) -> None:
+        self.state.metrics.rejected.labels(self.label, reason.replace(" ", "_")).inc()
+        raise HTTPError(status, reason=reason)
+
+    def data_received(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.state.settings.server.max_body_bytes:
+            self.too_large = True  # keep reading (and dropping) so the answer can be sent
+            self.chunks.clear()
+        elif not self.too_large:
+            self.chunks.append(chunk)
+
+    def inbound(self, body: bytes) -> InboundRequest:
+        return InboundRequest(
+            method=self.request.method or "POST",
+            url=self.public_url(),
+            headers=self.request.headers,
+            body=body,
+            content_type=self.content_type(),
+            query=self.request.query_arguments,
+            client_ip=self.client,
+        )
+
+    def public_url(self) -> str:
+        """The URL the provider called, as it signed it (Twilio): behind a trusted proxy,
+        rebuilt from `X-Forwarded-Proto`/`-Host`; a configured `public_url` wins."""
+        request = self.request
+        assert self.source is not None
+        if self.source.public_url:
+            base = self.source.public_url
+            if "?" not in base and request.query:
+                return f"{base}?{request.query}"
+            return base
+        scheme, host = request.protocol, request.host
+        if is_trusted(request.remote_ip or "", self.state.settings.server.trusted_proxies):
+            scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+            host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+        return f"{scheme}://{host}{request.uri}"
+
+    async def get(self, source: str) -> None:
+        assert self.provider is not None and self.source is not None
+        challenge = self.provider.handshake(self.inbound(b""), self.source)
+        if challenge is None:
+            self.reject(403, "verification failed")
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(challenge)
+
+    async def post(self, source: str) -> None:
+        assert self.provider is not None and self.source is not None
+        state = self.state
+        if self.too_large:
+            self.reject(413, "body too large")
+        if state.draining:
+            self.retry_after = 5
+            self.reject(503, "shutting down")
+        body = b"".join(self.chunks)
+        request = self.inbound(body)
+        if self.source.verify != "none" and not self.provider.verify(request, self.source):
+            self.reject(401, "invalid signature")
+        try:
+            events = self.provider.parse(request, self.source_name, self.source)
+        except ParseError as exc:
+            await state.rejected.save(self.source_name, body, str(exc))
+            self.outcome["parse_error"] = str(exc)[:200]
+            self.reject(400, "unparseable body")
+        try:
+            new, duplicates = await state.journal.commit(events)
+        except JournalError:
+            # Never a 200 for an event that is not durable, never a 4xx for our own fault.
+            self.retry_after = 5
+            self.reject(503, "cannot store event")
+        for event in new:
+            state.metrics.events.labels(self.source_name, event.kind).inc()
+        if duplicates:
+            state.metrics.duplicates.labels(self.source_name).inc(duplicates)
+        self.outcome = {"accepted": len(new), "duplicates": duplicates}
+        reply = self.provider.reply(len(new), duplicates)
+        if reply is not None:
+            self.set_header("Content-Type", reply.content_type)
+            self.finish(reply.body)
+        else:
+            self.finish(self.outcome)
+
+    def on_connection_close(self) -> None:
+        self.state.inflight.discard(self)
+
+    def on_finish(self) -> None:
+        self.state.inflight.discard(self)
+        elapsed = time.perf_counter() - self.started
+        status = self.get_status()
+        metrics = self.state.metrics
+        metrics.http_requests.labels(self.label, str(status)).inc()
+        metrics.request_duration.labels(self.label).observe(elapsed)
+        # One canonical line per request.
+        log.info(
+            "request", method=self.request.method, source=self.label, status=status,
+            client=self.client, ms=round(elapsed * 1000, 2), **self.outcome,
+        )

@@ -1,0 +1,430 @@
+"""The durable store: events, the dedupe LRU, sink positions and dead letters, in one SQLite file.
+
+Every write goes through one writer thread that drains all waiting jobs into a single
+transaction (group commit): with ``durability = "fsync"`` concurrent requests share one
+fsync instead of queueing for one each, which is what keeps throughput near the bare
+HTTP handler's. A job's future resolves only after its transaction has committed, so a
+``200`` is never sent for an event that a power cut could take back.
+
+Tables (other processes, e.g. ``wahookd status``, may read them while the daemon runs):
+
+- ``events``: one row per accepted event. ``dseq`` (delivery order) is NULL while the event
+  waits for its media and is assigned when it becomes ready for the sinks.
+- ``dedupe``: 16-byte BLAKE2b keys of (source, event id) with an LRU counter, indexed both
+  ways; the oldest entries are evicted past ``dedupe.capacity``. SQLite's B-tree keeps a
+  lookup at a handful of page reads at a million keys, and the index lives on disk, so
+  memory does not grow with the capacity.
+- ``cursors``: each sink's last delivered ``dseq``. ``dead_letters``: events a sink gave up on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from wahookd.errors import JournalError
+from wahookd.events import Event, format_time
+
+log = structlog.get_logger("wahookd.journal")
+
+SCHEMA_VERSION = "1"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    dseq INTEGER UNIQUE,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_waiting ON events(seq) WHERE dseq IS NULL;
+CREATE TABLE IF NOT EXISTS dedupe (key BLOB PRIMARY KEY, used INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_used ON dedupe(used);
+CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, dseq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    sink TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_sink ON dead_letters(sink, id);
+"""
+MAX_JOBS_PER_COMMIT = 512
+JOURNAL_FILE = "journal.db"
+
+
+def connect(path: Path, *, durable: bool = True, cache_kib: int = 4096) -> sqlite3.Connection:
+    """A connection with the pragmas every user of the journal needs."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+    conn.execute(f"PRAGMA cache_size=-{cache_kib}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def dedupe_key(source: str, event_id: str) -> bytes:
+    return hashlib.blake2b(f"{source}\x00{event_id}".encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyEvent:
+    """An event ready for the sinks, in delivery order."""
+
+    dseq: int
+    seq: int
+    body: str
+
+
+@dataclass(slots=True)
+class _Job:
+    work: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+
+
+class Journal:
+    """The journal of one state directory. Open it, `commit` events, read them back in order."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        durable: bool = True,
+        dedupe_capacity: int = 1_000_000,
+        observe_commit: Callable[[float], None] | None = None,
+    ) -> None:
+        self.path = Path(state_dir) / JOURNAL_FILE
+        self.durable = durable
+        self.dedupe_capacity = dedupe_capacity
+        self.observe_commit = observe_commit
+        self.healthy = True
+        self.last_dseq = 0
+        self.dedupe_entries = 0
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="journal-read")
+        self._local = threading.local()
+        self._ready_listeners: list[Callable[[], None]] = []
+        self._media_listeners: list[Callable[[], None]] = []
+        self._used = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or check the schema and start the writer thread (blocking; before serving)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path, durable=self.durable, cache_kib=16384)
+        conn.executescript(SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise JournalError(f"{self.path}: schema version {row[0]}, expected {SCHEMA_VERSION}")
+        self.last_dseq = conn.execute("SELECT coalesce(max(dseq), 0) FROM events").fetchone()[0]
+        self._used = conn.execute("SELECT coalesce(max(used), 0) FROM dedupe").fetchone()[0]
+        self.dedupe_entries = conn.execute("SELECT count(*) FROM dedupe").fetchone()[0]
+        self._writer_conn = conn
+        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+
+    def on_ready(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the loop) whenever events become ready for delivery."""
+        self._ready_listeners.append(listener)
+
+    def on_media(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the loop) whenever events that wait for media are committed."""
+        self._media_listeners.append(listener)
+
+    # -- the writer thread -----------------------------------------------------
+
+    def _submit(self, work: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        if self._writer is None:
+            raise JournalError("journal is closed")
+        future: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put(_Job(work, future))
+        return future
+
+    def _write_loop(self) -> None:
+        conn = self._writer_conn
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                break
+            jobs = [first]
+            stop = False
+            while len(jobs) < MAX_JOBS_PER_COMMIT:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                jobs.append(job)
+            self._run_batch(conn, jobs)
+            if stop:
+                break
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        saved = (self.last_dseq, self._used, self.dedupe_entries)
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    results.append((job, job.work(conn), None))
+                    conn.execute("RELEASE job")
+                except (ValueError, TypeError, KeyError) as exc:  # a bad job, not a bad disk
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((job, None, exc))
+            self._evict(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            self.last_dseq, self._used, self.dedupe_entries = saved
+            self.healthy = False
+            log.error("journal_commit_failed", error=str(exc), jobs=len(jobs))
+            error = JournalError(f"journal write failed: {exc}")
+            self._resolve([(job, None, error) for job in jobs], ready=False)
+            return
+        self.healthy = True
+        if self.observe_commit is not None:
+            self.observe_commit(time.perf_counter() - started)
+        self._resolve(results, ready=self.last_dseq != saved[0])
+
+    def _resolve(self, results: list[tuple[_Job, Any, BaseException | None]], ready: bool) -> None:
+        loop = results[0][0].future.get_loop()
+
+        def finish() -> None:
+            for job, value, error in results:
+                if job.future.done():  # the request went away meanwhile
+                    continue
+                if error is not None:
+                    job.future.set_exception(error)
+                else:
+                    job.future.set_result(value)
+            if ready:
+                for listener in self._ready_listeners:
+                    listener()
+
+        try:
+            # One wake-up of the loop for the whole batch, not one per request.
+            loop.call_soon_threadsafe(finish)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def _evict(self, conn: sqlite3.Connection) -> None:
+        excess = self.dedupe_entries - self.dedupe_capacity
+        if excess > 0:
+            conn.execute(
+                "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe ORDER BY used LIMIT ?)",
+                (excess,),
+            )
+            self.dedupe_entries -= excess
+
+    # -- intake ----------------------------------------------------------------
+
+    async def commit(self, events: list[Event]) -> tuple[list[Event], int]:
+        """Make the new events durable; returns them and the number of duplicates.
+
+        Raises `JournalError` when the write fails (the caller answers 503).
+        """
+        if not events:
+            return [], 0
+        result: tuple[list[Event], int, bool] = await self._submit(
+            lambda conn: self._insert_events(conn, events)
+        )
+        new, duplicates, has_media = result
+        if has_media:
+            for listener in self._media_listeners:
+                listener()
+        return new, duplicates
+
+    def _insert_events(
+        self, conn: sqlite3.Connection, events: list[Event]
+    ) -> tuple[list[Event], int, bool]:
+        now = time.time()
+        received_at = format_time_from(now)
+        new: list[Event] = []
+        duplicates = 0
+        has_media = False
+        for event in events:
+            key = dedupe_key(event.source, event.id)
+            self._used += 1
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO dedupe (key, used) VALUES (?, ?)", (key, self._used)
+            ).rowcount
+            if not inserted:
+                conn.execute("UPDATE dedupe SET used = ? WHERE key = ?", (self._used, key))
+                duplicates += 1
+                continue
+            self.dedupe_entries += 1
+            event.received_at = received_at
+            if event.media is None:
+                self.last_dseq += 1
+                dseq: int | None = self.last_dseq
+            else:
+                dseq = None
+                has_media = True
+            conn.execute(
+                "INSERT INTO events (id, source, kind, received_at, dseq, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (event.id, event.source, event.kind, now, dseq, encode(event.to_dict())),
+            )
+            new.append(event)
+        return new, duplicates, has_media
+
+    async def probe(self) -> bool:
+        """Try a tiny write; true when the journal accepts writes again."""
+        try:
+            await self._submit(
+                lambda conn: conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)", (str(time.time()),)
+                )
+            )
+        except JournalError:
+            return False
+        return True
+
+    # -- media -----------------------------------------------------------------
+
+    async def pending_media(self, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
+        """Events that wait for their media, oldest first: (seq, event)."""
+        rows = await self._read(
+            "SELECT seq, body FROM events WHERE dseq IS NULL ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [(seq, json.loads(body)) for seq, body in rows]
+
+    async def complete_media(self, seq: int, event: dict[str, Any]) -> None:
+        """Store the event with its media result and hand it to the sinks."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            self.last_dseq += 1
+            conn.execute(
+                "UPDATE events SET body = ?, dseq = ? WHERE seq = ? AND dseq IS NULL",
+                (encode(event), self.last_dseq, seq),
+            )
+
+        await self._submit(work)
+
+    # -- delivery ----------------------------------------------------------------
+
+    async def read_ready(self, after: int, limit: int) -> list[ReadyEvent]:
+        rows = await self._read(
+            "SELECT dseq, seq, body FROM events WHERE dseq > ? ORDER BY dseq LIMIT ?",
+            (after, limit),
+        )
+        return [ReadyEvent(*row) for row in rows]
+
+    async def cursor(self, sink: str) -> int:
+        """The sink's last delivered dseq. A new sink starts at the journal's end."""
+        rows = await self._read("SELECT dseq FROM cursors WHERE sink = ?", (sink,))
+        if rows:
+            return int(rows[0][0])
+        start = self.last_dseq
+        await self.save_cursor(sink, start)
+        return start
+
+    async def save_cursor(self, sink: str, dseq: int) -> None:
+        await self._submit(
+            lambda conn: conn.execute(
+                "INSERT INTO cursors (sink, dseq) VALUES (?, ?) "
+                "ON CONFLICT(sink) DO UPDATE SET dseq = excluded.dseq",
+                (sink, dseq),
+            )
+        )
+
+    async def dead_letter(
+        self, sink: str, seq: int, event: dict[str, Any], attempts: int, error: str
+    ) -> None:
+        await self._submit(
+            lambda conn: conn.execute(
+                "INSERT INTO dead_letters (sink, seq, event_id, attempts, error, failed_at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sink, seq, event["id"], attempts, error, time.time(), encode(event)),
+            )
+        )
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        rows = await self._read("SELECT sink, count(*) FROM dead_letters GROUP BY sink", ())
+        return {sink: count for sink, count in rows}
+
+    async def prune(self, sinks: Iterable[str], older_than: float, limit: int = 5000) -> int:
+        """Delete delivered events older than `older_than` (epoch s) that every sink has passed."""
+        names = list(sinks)
+        if not names:
+            return 0
+        marks = ",".join("?" * len(names))
+
+        def work(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                f"SELECT min(dseq), count(*) FROM cursors WHERE sink IN ({marks})",  # noqa: S608
+                names,
+            ).fetchone()
+            if row[1] < len(names):  # a sink has not started yet: keep everything
+                return 0
+            return conn.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE dseq <= ? "
+                "AND received_at < ? ORDER BY dseq LIMIT ?)",
+                (row[0], older_than, limit),
+            ).rowcount
+
+        return int(await self._submit(work))
+
+    # -- reads -----------------------------------------------------------------
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_sync, sql, params)
+
+    def _read_sync(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, durable=self.durable)
+            self._local.conn = conn
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal read failed: {exc}") from exc
+
+
+def encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def format_time_from(epoch: float) -> str:
+    return format_time(datetime.fromtimestamp(epoch, tz=UTC))

@@ -1,0 +1,94 @@
+"""Prometheus metrics (SPEC §8). Names are part of the contract; labels stay bounded."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from wahookd import __version__
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    http_requests: Counter
+    request_duration: Histogram
+    events: Counter
+    duplicates: Counter
+    rejected: Counter
+    rate_limited: Counter
+    journal_commit: Histogram
+    sink_backlog: Gauge
+    sink_deliveries: Counter
+    sink_delivery_seconds: Histogram
+    dead_letters: Gauge
+    media_downloads: Counter
+    media_bytes: Counter
+    dedupe_entries: Gauge
+    build_info: Info
+
+
+def make_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """Define every metric against `registry` (a fresh one per test)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    build_info = Info("wahookd_build", "wahookd version", registry=registry)
+    build_info.info({"version": __version__, "python": platform.python_version()})
+    return Metrics(
+        registry=registry,
+        http_requests=Counter(
+            "wahookd_http_requests", "HTTP requests by source and status code",
+            ["source", "code"], registry=registry,
+        ),
+        request_duration=Histogram(
+            "wahookd_request_duration_seconds", "Webhook request handling time",
+            ["source"], buckets=LATENCY_BUCKETS, registry=registry,
+        ),
+        events=Counter(
+            "wahookd_events", "New events made durable", ["source", "kind"], registry=registry
+        ),
+        duplicates=Counter(
+            "wahookd_duplicates", "Events already seen (provider retries)", ["source"],
+            registry=registry,
+        ),
+        rejected=Counter(
+            "wahookd_rejected", "Requests refused, by reason", ["source", "reason"],
+            registry=registry,
+        ),
+        rate_limited=Counter(
+            "wahookd_rate_limited", "Requests refused by the per-IP rate limit", registry=registry
+        ),
+        journal_commit=Histogram(
+            "wahookd_journal_commit_seconds", "Duration of one group commit (incl. fsync)",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        ),
+        sink_backlog=Gauge(
+            "wahookd_sink_backlog", "Events ready but not yet delivered to the sink", ["sink"],
+            registry=registry,
+        ),
+        sink_deliveries=Counter(
+            "wahookd_sink_deliveries", "Delivery attempts by outcome (delivered, retry, dead)",
+            ["sink", "outcome"], registry=registry,
+        ),
+        sink_delivery_seconds=Histogram(
+            "wahookd_sink_delivery_seconds", "Duration of one delivery attempt", ["sink"],
+            buckets=LATENCY_BUCKETS, registry=registry,
+        ),
+        dead_letters=Gauge(
+            "wahookd_dead_letters", "Events in the dead-letter store", ["sink"], registry=registry
+        ),
+        media_downloads=Counter(
+            "wahookd_media_downloads", "Media downloads by outcome", ["source", "outcome"],
+            registry=registry,
+        ),
+        media_bytes=Counter(
+            "wahookd_media_bytes", "Media bytes stored", registry=registry
+        ),
+        dedupe_entries=Gauge(
+            "wahookd_dedupe_entries", "Entries in the dedupe index", registry=registry
+        ),
+        build_info=build_info,
+    )

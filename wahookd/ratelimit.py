@@ -1,0 +1,76 @@
+"""Per-client-IP token buckets with bounded memory."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address
+
+
+class RateLimiter:
+    """`rate` tokens per second, `burst` at most, for up to `max_clients` addresses.
+
+    The least recently seen address is forgotten first; a forgotten address starts again
+    with a full bucket, which errs on the side of serving.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, max_clients: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str) -> float:
+        """0.0 when the request may go ahead, else the seconds until a token is free."""
+        now = self.clock()
+        tokens, stamp = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[client] = (tokens - 1.0, now)
+            wait = 0.0
+        else:
+            self._buckets[client] = (tokens, now)
+            wait = (1.0 - tokens) / self.rate
+        if len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return wait
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def client_ip(
+    peer: str, forwarded_for: str | None, trusted: Sequence[IPv4Network | IPv6Network]
+) -> str:
+    """The client's address: `X-Forwarded-For` is believed only from trusted proxies.
+
+    Walk the chain from the right and stop at the first address that is not a trusted
+    proxy: everything left of it could have been written by the client itself.
+    """
+    if not forwarded_for or not is_trusted(peer, trusted):
+        return peer
+    for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+        if not is_trusted(hop, trusted):
+            return hop if _valid(hop) else peer
+    return peer
+
+
+def is_trusted(address: str, trusted: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in trusted)
+
+
+def _valid(address: str) -> bool:
+    try:
+        ip_address(address)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,110 @@
+"""The `file` sink: one SPEC §4 event per line of a JSONL file, rotated by size.
+
+`deliver()` only buffers the line; `flush()` (called by wahookd before it records the
+sink's position) appends the buffer and fsyncs it when durability is on. After a crash
+the events since the last recorded position are delivered again, so the sink remembers
+the ids it wrote most recently (read back from the file's tail at start) and skips them:
+the file holds every event once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from wahookd.hookspecs import SinkContext, SinkSpec, hookimpl
+
+# How many recent ids to remember; far more than one batch, the most a crash can repeat.
+RECENT_IDS = 20_000
+TAIL_BYTES = 8 * 1024 * 1024
+
+
+class FileOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Field(description="the JSONL file; rotated files get .1, .2, ...")
+    max_bytes: int = Field(100 * 1024 * 1024, ge=0, description="rotate past this size; 0 never")
+    backups: int = Field(5, ge=0, description="rotated files kept")
+
+
+class FileSink:
+    def __init__(self, options: FileOptions, context: SinkContext) -> None:
+        self.path = options.path if options.path.is_absolute() else context.state_dir / options.path
+        self.max_bytes = options.max_bytes
+        self.backups = options.backups
+        self.durable = context.durable
+        self._lines: list[bytes] = []
+        self._recent: OrderedDict[str, None] = OrderedDict()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for event_id in await asyncio.to_thread(self._tail_ids):
+            self._remember(event_id)
+
+    async def deliver(self, event: dict[str, Any]) -> None:
+        event_id = event["id"]
+        if event_id in self._recent:
+            return
+        self._remember(event_id)
+        line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
+        self._lines.append(line.encode())
+
+    async def flush(self) -> None:
+        if not self._lines:
+            return
+        data = b"".join(self._lines)
+        async with aiofiles.open(self.path, "ab") as out:
+            await out.write(data)
+            await out.flush()
+            if self.durable:
+                await asyncio.to_thread(os.fsync, out.fileno())
+        self._lines.clear()
+        if self.max_bytes and self.path.stat().st_size >= self.max_bytes:
+            await asyncio.to_thread(self._rotate)
+
+    async def close(self) -> None:
+        await self.flush()
+
+    def _remember(self, event_id: str) -> None:
+        self._recent[event_id] = None
+        if len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+
+    def _tail_ids(self) -> list[str]:
+        """Ids in the last lines of the file, oldest first."""
+        try:
+            with self.path.open("rb") as src:
+                size = src.seek(0, os.SEEK_END)
+                src.seek(max(0, size - TAIL_BYTES))
+                tail = src.read()
+        except FileNotFoundError:
+            return []
+        ids = []
+        for line in tail.splitlines()[-RECENT_IDS:]:
+            try:
+                ids.append(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue  # the first line of the tail is usually cut in half
+        return ids
+
+    def _rotate(self) -> None:
+        if self.backups == 0:
+            self.path.unlink()
+            return
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+
+
+@hookimpl
+def wahookd_register_sinks() -> list[SinkSpec]:
+    return [SinkSpec("file", FileOptions, FileSink, "append events to a JSONL file")]
