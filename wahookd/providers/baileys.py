@@ -16,6 +16,10 @@ from typing import Any
 from wahookd.events import new_media, phone_digits
 from wahookd.providers.payload import flag, ident, integer, text
 
+# send-test samples point at a reserved name (RFC 2606): a sample must never make the media
+# stage fetch from a real host, and its media key decrypts nothing anyway.
+SAMPLE_MEDIA_URL = "https://mmg.whatsapp.invalid/o1/v/t62.7118-24/wahookd-send-test"
+
 # Wrappers whose `.message` holds the real content (Baileys `normalizeMessageContent`).
 WRAPPERS = (
     "ephemeralMessage",

@@ -27,7 +27,7 @@ from typing import Any
 from wahookd.errors import ParseError
 from wahookd.events import Event, content_id, phone_digits
 from wahookd.providers import InboundRequest, Provider, constant_time_in, get_path
-from wahookd.providers.baileys import classify, parties, status_name
+from wahookd.providers.baileys import SAMPLE_MEDIA_URL, classify, parties, status_name
 from wahookd.providers.payload import (
     flag,
     header,
@@ -115,7 +115,7 @@ class EvolutionProvider(Provider):
                 message_type = "imageMessage"
                 message = {
                     "imageMessage": {
-                        "url": "https://mmg.whatsapp.net/o1/v/t62.7118-24/sample",
+                        "url": SAMPLE_MEDIA_URL,
                         "mimetype": "image/jpeg",
                         "caption": "wahookd send-test image",
                         "fileLength": "13",

@@ -189,7 +189,7 @@ class TwilioProvider(Provider):
                 "NumMedia": "1",
                 "MediaContentType0": "image/jpeg",
                 "MessageType": "image",
-                "MediaUrl0": f"https://api.twilio.com/2010-04-01/Accounts/AC{'0' * 32}"
+                "MediaUrl0": f"https://api.twilio.invalid/2010-04-01/Accounts/AC{'0' * 32}"
                 f"/Messages/{sid}/Media/ME{uuid.uuid4().hex}",
                 "ProfileName": "wahookd",
                 "WaId": "14155238886",

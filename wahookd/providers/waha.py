@@ -148,7 +148,7 @@ class WahaProvider(Provider):
                     "hasMedia": True,
                     "body": "wahookd send-test image",
                     "media": {
-                        "url": f"http://localhost:3000/api/files/default/{serial}.jpeg",
+                        "url": f"http://waha.invalid:3000/api/files/default/{serial}.jpeg",
                         "mimetype": "image/jpeg",
                         "filename": None,
                     },

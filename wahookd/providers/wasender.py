@@ -27,7 +27,7 @@ from typing import Any
 from wahookd.errors import ParseError
 from wahookd.events import Event, content_id, phone_digits
 from wahookd.providers import InboundRequest, Provider, constant_time_in
-from wahookd.providers.baileys import classify, parties, status_name
+from wahookd.providers.baileys import SAMPLE_MEDIA_URL, classify, parties, status_name
 from wahookd.providers.payload import header, ident, load_json_object, text, timestamp
 from wahookd.settings import SourceSettings
 
@@ -91,7 +91,7 @@ class WasenderProvider(Provider):
             if kind == "image":
                 content: dict[str, Any] = {
                     "imageMessage": {
-                        "url": "https://mmg.whatsapp.net/o1/v/t62.7118-24/sample",
+                        "url": SAMPLE_MEDIA_URL,
                         "mimetype": "image/jpeg",
                         "caption": "wahookd send-test image",
                         "fileLength": "13",
