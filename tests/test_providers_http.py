@@ -7,9 +7,11 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -17,6 +19,7 @@ from pydantic import SecretStr
 from wahookd.providers.builtin import wahookd_register_providers
 from wahookd.settings import SourceSettings
 
+FIXTURES = Path(__file__).parent / "fixtures"
 PROVIDERS = {p.name: p for p in wahookd_register_providers()}
 SECRET = "http-property-secret"
 FORM = "application/x-www-form-urlencoded"
@@ -132,3 +135,46 @@ def test_twilio_json_body_signed_with_body_sha256_is_accepted(daemon_factory) ->
     }
     assert post(url, body, headers) == 200
     assert post(url, body + b" ", headers) == 401
+
+
+def test_twilio_behind_a_trusted_proxy_verifies_against_the_forwarded_url(daemon_factory) -> None:
+    daemon = daemon_factory(f'[sources.tw]\nprovider = "twilio"\nsecret = "{SECRET}"\n').start()
+    settings_ = SourceSettings(provider="twilio", secret=SecretStr(SECRET))
+    body = (FIXTURES / "twilio/text.form").read_bytes()
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hooks.example.com", "Content-Type": FORM}
+    for signed_url in ("https://hooks.example.com/webhooks/tw", "https://hooks.example.com:443/webhooks/tw"):
+        headers = {**forwarded, **PROVIDERS["twilio"].sign(body, signed_url, settings_)}
+        request = urllib.request.Request(f"{daemon.url}/webhooks/tw", data=body, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+            assert answer.headers["Content-Type"].startswith("text/xml")
+            assert answer.read().endswith(b"<Response/>")
+    # Signed for another host: the forwarded URL does not match.
+    headers = {**forwarded, **PROVIDERS["twilio"].sign(body, "https://evil.example/webhooks/tw", settings_)}
+    assert post(f"{daemon.url}/webhooks/tw", body, headers) == 401
+
+
+def test_meta_batch_redelivered_creates_no_new_events(daemon_factory) -> None:
+    daemon = daemon_factory(f'[sources.m]\nprovider = "meta"\nsecret = "{SECRET}"\n').start()
+    settings_ = SourceSettings(provider="meta", secret=SecretStr(SECRET))
+    body = (FIXTURES / "meta/batch.json").read_bytes()
+    headers = {"Content-Type": "application/json", **PROVIDERS["meta"].sign(body, "", settings_)}
+    answers = []
+    for _ in range(2):
+        request = urllib.request.Request(f"{daemon.url}/webhooks/m", data=body, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answers.append(json.loads(answer.read()))
+    assert answers == [{"accepted": 5, "duplicates": 0}, {"accepted": 0, "duplicates": 5}]
+
+
+def test_meta_handshake_through_the_daemon(daemon_factory) -> None:
+    daemon = daemon_factory(
+        f'[sources.m]\nprovider = "meta"\nsecret = "{SECRET}"\nverify_token = "vt"\n'
+    ).start()
+    query = "hub.mode=subscribe&hub.verify_token=vt&hub.challenge=8675309"
+    with urllib.request.urlopen(f"{daemon.url}/webhooks/m?{query}", timeout=10) as answer:
+        assert answer.read() == b"8675309"
+    wrong = f"{daemon.url}/webhooks/m?{query.replace('=vt', '=no')}"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(wrong, timeout=10)
+    assert refused.value.code == 403
