@@ -81,6 +81,18 @@ def prefill(state_dir: Path, keys: int) -> None:
     conn.close()
 
 
+def dedupe_lookup_us(state_dir: Path, probes: int = 20_000) -> float:
+    """Average time of one dedupe index lookup (a miss) at the index's current size."""
+    conn = sqlite3.connect(state_dir / "journal.db")
+    keys = [secrets.token_bytes(16) for _ in range(probes)]
+    began = time.perf_counter()
+    for key in keys:
+        conn.execute("SELECT 1 FROM dedupe WHERE key = ?", (key,)).fetchone()
+    elapsed = time.perf_counter() - began
+    conn.close()
+    return elapsed / probes * 1e6
+
+
 def bench_bare(seconds: int, connections: int) -> dict[str, float]:
     port = free_port()
     proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, str(HERE / "bare_server.py"), str(port)])
@@ -101,7 +113,8 @@ def bench_wahookd(seconds: int, connections: int, keys: int, workdir: Path) -> d
     if keys:
         began = time.monotonic()
         prefill(state, keys)
-        print(f"prefilled {keys} dedupe keys in {time.monotonic() - began:.1f}s", flush=True)
+        print(f"prefilled {keys} dedupe keys in {time.monotonic() - began:.1f}s; "
+              f"one lookup takes {dedupe_lookup_us(state):.1f} us", flush=True)
     config = workdir / "wahookd.toml"
     sink_path = workdir / "events.jsonl"
     config.write_text(

@@ -291,3 +291,35 @@ async def test_metrics_count_requests_events_and_duplicates(http_server_client: 
     assert "M1" not in text  # labels never carry message ids
 
 
+
+
+@pytest.mark.parametrize("state", [{"server": {"body_timeout": 0.3, "max_body_bytes": 65536}}], indirect=True)
+def test_a_slow_body_is_cut_off_and_others_are_still_served(
+    http_server: Any, http_server_port: Any, io_loop: Any, state: AppState
+) -> None:
+    import time
+
+    port = http_server_port[1]
+
+    def slow_then_fast() -> tuple[bytes, float, int]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+            slow.sendall(
+                b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"X-Webhook-Signature: " + SECRET.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"ev"
+            )
+            began = time.monotonic()
+            closed = slow.recv(4096)  # b"" once the daemon gives up on the body
+            waited = time.monotonic() - began
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", "/webhooks/shop", body=wasender_body("AFTER-SLOW"), headers=wasender_headers(SECRET))
+        status = conn.getresponse().status
+        conn.close()
+        return closed, waited, status
+
+    closed, waited, status = io_loop.run_sync(lambda: io_loop.run_in_executor(None, slow_then_fast))
+    assert closed == b""
+    assert 0.2 < waited < 3
+    assert status == 200
+    assert not state.inflight

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--dead", action="store_true", help="re-deliver dead letters")
     replay.add_argument("--since", help="only events received at or after this RFC 3339 time")
 
-    command("status", "journal size, per-sink backlog and dead letters, dedupe fill")
+    status = command("status", "journal size, per-sink backlog and dead letters, dedupe fill")
+    status.add_argument("--json", action="store_true", help="print the figures as JSON")
     command("plugins", "installed plugins and the sinks and providers they provide")
     return parser
 

@@ -189,7 +189,6 @@ async def serve(prepared: Prepared) -> int:
         make_app(state, with_metrics=not separate_metrics),
         # Tornado's own cap is a backstop; the handler answers 413 itself below it.
         max_body_size=settings.server.max_body_bytes * 2 + 65536,
-        body_timeout=settings.server.body_timeout,
         idle_connection_timeout=60,
     )
     host, port = split_host_port(settings.server.listen)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import random
 import time
 from typing import Any
@@ -21,6 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from wahookd.errors import ConfigError, DeliveryError, JournalError, PermanentDeliveryError
+from wahookd.events import load_json
 from wahookd.hookspecs import Sink, SinkContext
 from wahookd.journal import Journal, ReadyEvent
 from wahookd.metrics import Metrics
@@ -130,6 +130,12 @@ class SinkWorker:
         """Deliver a batch; returns the dseq up to which every event is settled."""
         done = self.cursor
         window = self.table.concurrency
+        if window == 1:  # in order, without a task per event
+            for ready in batch:
+                if not await self._deliver(ready):
+                    return done
+                done = ready.dseq
+            return done
         for start in range(0, len(batch), window):
             part = batch[start : start + window]
             settled = await asyncio.gather(*(self._deliver(ready) for ready in part))
@@ -141,7 +147,7 @@ class SinkWorker:
 
     async def _deliver(self, ready: ReadyEvent) -> bool:
         """Deliver one event until it succeeds or is dead-lettered; False if stopped first."""
-        event = json.loads(ready.body)
+        event = load_json(ready.body)
         if not self.table.matches(event):
             return True
         first_try = time.monotonic()

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 KINDS = ("message", "status", "system")
 MESSAGE_TYPES = (
     "text", "image", "video", "audio", "voice", "document", "sticker", "location",
@@ -157,3 +159,22 @@ def content_id(*parts: Any) -> str:
     """A stable id for events the provider gives no id for: a hash of what identifies them."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def dump_json(value: Any) -> bytes:
+    """UTF-8 JSON, fast (orjson); lone surrogates, which orjson refuses, fall back to escapes."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def load_json(data: bytes | str) -> Any:
+    """Parse JSON fast (orjson); fall back to `json` for what it alone accepts (lone surrogates).
+
+    Raises ValueError for invalid JSON.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)

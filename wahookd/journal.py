@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import queue
 import sqlite3
 import threading
@@ -36,7 +35,7 @@ from typing import Any
 import structlog
 
 from wahookd.errors import JournalError
-from wahookd.events import Event, format_time
+from wahookd.events import Event, dump_json, format_time, load_json
 
 log = structlog.get_logger("wahookd.journal")
 
@@ -69,10 +68,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_sink ON dead_letters(sink, id);
 """
 MAX_JOBS_PER_COMMIT = 512
+RECENT_READY = 1024  # ready events kept in memory for sinks that are caught up
 JOURNAL_FILE = "journal.db"
 
 
-def connect(path: Path, *, durable: bool = True, cache_kib: int = 4096) -> sqlite3.Connection:
+def connect(path: Path, *, durable: bool = True, cache_kib: int = 2048) -> sqlite3.Connection:
     """A connection with the pragmas every user of the journal needs."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -127,13 +127,17 @@ class Journal:
         self._media_listeners: list[Callable[[], None]] = []
         self._used = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Events made ready by the batch being written (writer thread), then handed to
+        # `_recent` (loop thread) so caught-up sinks read them without a database round trip.
+        self._fresh: list[ReadyEvent] = []
+        self._recent: dict[int, ReadyEvent] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
     def open(self) -> None:
         """Create or check the schema and start the writer thread (blocking; before serving)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path, durable=self.durable, cache_kib=16384)
+        conn = connect(self.path, durable=self.durable, cache_kib=4096)
         conn.executescript(SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
@@ -201,35 +205,37 @@ class Journal:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in jobs:
-                conn.execute("SAVEPOINT job")
-                try:
-                    results.append((job, job.work(conn), None))
-                    conn.execute("RELEASE job")
-                except (ValueError, TypeError, KeyError) as exc:  # a bad job, not a bad disk
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((job, None, exc))
+            # No savepoint per job: a job fails only when the database does, and then the
+            # whole batch fails together (503 for each request in it).
+            results = [(job, job.work(conn), None) for job in jobs]
             self._evict(conn)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             if conn.in_transaction:
                 conn.rollback()
             self.last_dseq, self._used, self.dedupe_entries = saved
+            self._fresh.clear()
             self.healthy = False
             log.error("journal_commit_failed", error=str(exc), jobs=len(jobs))
             error = JournalError(f"journal write failed: {exc}")
-            self._resolve([(job, None, error) for job in jobs], ready=False)
+            self._resolve([(job, None, error) for job in jobs], [])
             return
         self.healthy = True
         if self.observe_commit is not None:
             self.observe_commit(time.perf_counter() - started)
-        self._resolve(results, ready=self.last_dseq != saved[0])
+        fresh, self._fresh = self._fresh, []
+        self._resolve(results, fresh)
 
-    def _resolve(self, results: list[tuple[_Job, Any, BaseException | None]], ready: bool) -> None:
+    def _resolve(
+        self, results: list[tuple[_Job, Any, BaseException | None]], fresh: list[ReadyEvent]
+    ) -> None:
         loop = results[0][0].future.get_loop()
 
         def finish() -> None:
+            for ready_event in fresh:
+                self._recent[ready_event.dseq] = ready_event
+            while len(self._recent) > RECENT_READY:
+                del self._recent[next(iter(self._recent))]
             for job, value, error in results:
                 if job.future.done():  # the request went away meanwhile
                     continue
@@ -237,7 +243,7 @@ class Journal:
                     job.future.set_exception(error)
                 else:
                     job.future.set_result(value)
-            if ready:
+            if fresh:
                 for listener in self._ready_listeners:
                     listener()
 
@@ -300,11 +306,14 @@ class Journal:
             else:
                 dseq = None
                 has_media = True
-            conn.execute(
+            body = encode(event.to_dict())
+            seq = conn.execute(
                 "INSERT INTO events (id, source, kind, received_at, dseq, body) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (event.id, event.source, event.kind, now, dseq, encode(event.to_dict())),
-            )
+                (event.id, event.source, event.kind, now, dseq, body),
+            ).lastrowid
+            if dseq is not None:
+                self._fresh.append(ReadyEvent(dseq, seq, body))
             new.append(event)
         return new, duplicates, has_media
 
@@ -327,23 +336,36 @@ class Journal:
         rows = await self._read(
             "SELECT seq, body FROM events WHERE dseq IS NULL ORDER BY seq LIMIT ?", (limit,)
         )
-        return [(seq, json.loads(body)) for seq, body in rows]
+        return [(seq, load_json(body)) for seq, body in rows]
 
     async def complete_media(self, seq: int, event: dict[str, Any]) -> None:
         """Store the event with its media result and hand it to the sinks."""
 
         def work(conn: sqlite3.Connection) -> None:
+            body = encode(event)
             self.last_dseq += 1
-            conn.execute(
+            updated = conn.execute(
                 "UPDATE events SET body = ?, dseq = ? WHERE seq = ? AND dseq IS NULL",
-                (encode(event), self.last_dseq, seq),
-            )
+                (body, self.last_dseq, seq),
+            ).rowcount
+            if updated:
+                self._fresh.append(ReadyEvent(self.last_dseq, seq, body))
+            else:  # completed already (a second media worker): keep dseq gap-free
+                self.last_dseq -= 1
 
         await self._submit(work)
 
     # -- delivery ----------------------------------------------------------------
 
     async def read_ready(self, after: int, limit: int) -> list[ReadyEvent]:
+        """Ready events after `after`, in delivery order (from memory when recent)."""
+        if after + 1 in self._recent:
+            batch = []
+            dseq = after + 1
+            while dseq in self._recent and len(batch) < limit:
+                batch.append(self._recent[dseq])
+                dseq += 1
+            return batch
         rows = await self._read(
             "SELECT dseq, seq, body FROM events WHERE dseq > ? ORDER BY dseq LIMIT ?",
             (after, limit),
@@ -390,20 +412,25 @@ class Journal:
             return 0
         marks = ",".join("?" * len(names))
 
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
             row = conn.execute(
                 f"SELECT min(dseq), count(*) FROM cursors WHERE sink IN ({marks})",  # noqa: S608
                 names,
             ).fetchone()
             if row[1] < len(names):  # a sink has not started yet: keep everything
-                return 0
-            return conn.execute(
+                return 0, 0
+            deleted = conn.execute(
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE dseq <= ? "
                 "AND received_at < ? ORDER BY dseq LIMIT ?)",
                 (row[0], older_than, limit),
             ).rowcount
+            return deleted, row[0]
 
-        return int(await self._submit(work))
+        deleted, passed = await self._submit(work)
+        if deleted:
+            for dseq in [dseq for dseq in self._recent if dseq <= passed]:
+                del self._recent[dseq]
+        return int(deleted)
 
     # -- reads -----------------------------------------------------------------
 
@@ -423,7 +450,7 @@ class Journal:
 
 
 def encode(event: dict[str, Any]) -> str:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    return dump_json(event).decode()
 
 
 def format_time_from(epoch: float) -> str:

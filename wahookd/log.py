@@ -5,14 +5,22 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
+
+
+def _to_json(value: object, **_: object) -> str:
+    # orjson: the request line is written for every request, so it must be cheap.
+    return orjson.dumps(value, default=repr).decode()
 
 
 def configure_logging(level: str = "info", *, json_output: bool | None = None) -> None:
     if json_output is None:
         json_output = not sys.stderr.isatty()
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_to_json)
+        if json_output
+        else structlog.dev.ConsoleRenderer()
     )
     structlog.configure(
         processors=[

@@ -42,6 +42,8 @@ class Provider:
     """Base class: override `verify` and `parse`; the rest has sensible defaults."""
 
     name: ClassVar[str] = ""
+    # True when the signature covers the URL (Twilio): only then is the public URL rebuilt.
+    signs_url: ClassVar[bool] = False
     # Content types this provider's webhooks use; anything else is 415.
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 

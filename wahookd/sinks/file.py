@@ -10,7 +10,6 @@ the file holds every event once.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import aiofiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from wahookd.events import dump_json, load_json
 from wahookd.hookspecs import SinkContext, SinkSpec, hookimpl
 
 # How many recent ids to remember; far more than one batch, the most a crash can repeat.
@@ -53,8 +53,7 @@ class FileSink:
         if event_id in self._recent:
             return
         self._remember(event_id)
-        line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._lines.append(line.encode())
+        self._lines.append(dump_json(event) + b"\n")
 
     async def flush(self) -> None:
         if not self._lines:
@@ -89,7 +88,7 @@ class FileSink:
         ids = []
         for line in tail.splitlines()[-RECENT_IDS:]:
             try:
-                ids.append(json.loads(line)["id"])
+                ids.append(load_json(line)["id"])
             except (ValueError, KeyError, TypeError):
                 continue  # the first line of the tail is usually cut in half
         return ids

@@ -1,0 +1,265 @@
+"""`wahookd replay`, `wahookd status` and `wahookd plugins`: operator commands on the state dir.
+
+They run beside a live daemon: the journal is opened with SQLite's own locking (WAL, a
+5-second busy timeout), read-only where the command only reads. `replay` builds the sink in
+this process and delivers itself (`wahookd.replay`), so it works whether or not the daemon runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from wahookd.delivery import build_sink
+from wahookd.errors import WahookdError
+from wahookd.hookspecs import SinkContext
+from wahookd.journal import JOURNAL_FILE
+from wahookd.log import configure_logging
+from wahookd.plugins import collect, get_plugin_manager
+from wahookd.replay import ReplayResult, parse_since, replay_sink
+from wahookd.settings import Settings, load_settings
+
+# -- the journal, opened beside a running daemon -----------------------------------
+
+
+def open_journal(state_dir: Path, *, write: bool = False) -> sqlite3.Connection:
+    """Open ``<state_dir>/journal.db``; read-only unless `write`. Missing → `WahookdError`."""
+    path = state_dir / JOURNAL_FILE
+    if not path.exists():
+        raise WahookdError(
+            f"no journal at {path}: wahookd has not run with this state directory yet "
+            "(check state.dir and --config)"
+        )
+    conn: sqlite3.Connection | None = None
+    if not write:
+        try:
+            conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("SELECT 1 FROM events LIMIT 1")
+        except sqlite3.Error:
+            # Read-only WAL opening needs the -shm file or a writable directory; when it
+            # is not possible, a normal connection that only reads is just as safe.
+            conn = None
+    if conn is None:
+        try:
+            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("SELECT 1 FROM events LIMIT 1")
+        except sqlite3.Error as exc:
+            raise WahookdError(f"cannot read the journal {path}: {exc}") from None
+    return conn
+
+
+def sink_context(settings: Settings, name: str) -> SinkContext:
+    return SinkContext(
+        name=name,
+        state_dir=settings.state.dir,
+        durable=settings.state.durability == "fsync",
+        log=structlog.get_logger("wahookd.sink").bind(sink=name),
+    )
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """`wahookd replay [--sink S] [--dead] [--since T]`; exit 1 when any event failed."""
+    configure_logging("warning")
+    settings, _ = load_settings(args.config)
+    tables = settings.effective_sinks()
+    if args.sink and args.sink not in tables:
+        raise WahookdError(
+            f"no sink {args.sink!r} in the configuration (configured: {', '.join(sorted(tables))})"
+        )
+    names = [args.sink] if args.sink else sorted(tables)
+    since = parse_since(args.since)
+    conn = open_journal(settings.state.dir, write=bool(args.dead))
+    registry = collect(get_plugin_manager())
+    sinks = {name: build_sink(name, tables[name], registry, sink_context(settings, name)) for name in names}
+
+    async def replay_all() -> list[ReplayResult]:
+        return [
+            await replay_sink(name, tables[name], sinks[name], conn, dead=bool(args.dead), since=since)
+            for name in names
+        ]
+
+    try:
+        results = asyncio.run(replay_all())
+    finally:
+        conn.close()
+    for result in results:
+        what = "dead letters" if args.dead else "journal events"
+        line = f"replay {result.sink} ({what}): {result.delivered} delivered, {result.failed} failed"
+        if result.skipped:
+            line += f", {result.skipped} not matching the sink's filter"
+        print(line)
+        for error in result.errors:
+            print(f"  failed {error}")
+    return 1 if any(result.failed for result in results) else 0
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SinkStatus:
+    name: str
+    plugin: str | None
+    cursor: int | None
+    backlog: int
+    oldest_pending_seconds: float | None
+    dead_letters: int
+
+
+@dataclass(slots=True)
+class Status:
+    journal: str
+    events: int
+    bytes: int
+    media_pending: int
+    media_oldest_seconds: float | None
+    dedupe_entries: int
+    dedupe_capacity: int
+    sinks: list[SinkStatus]
+
+
+def collect_status(settings: Settings) -> Status:
+    conn = open_journal(settings.state.dir)
+    try:
+        return _collect_status(conn, settings)
+    finally:
+        conn.close()
+
+
+def _collect_status(conn: sqlite3.Connection, settings: Settings) -> Status:
+    now = time.time()
+    path = settings.state.dir / JOURNAL_FILE
+
+    def one(sql: str, *params: Any) -> Any:
+        return conn.execute(sql, params).fetchone()[0]
+
+    def age(epoch: float | None) -> float | None:
+        return None if epoch is None else max(0.0, now - epoch)
+
+    size = sum(
+        candidate.stat().st_size
+        for candidate in (path, path.with_name(path.name + "-wal"))
+        if candidate.exists()
+    )
+    tables = settings.effective_sinks()
+    cursors = dict(conn.execute("SELECT sink, dseq FROM cursors").fetchall())
+    dead = dict(conn.execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink").fetchall())
+    sinks = []
+    for name in sorted(set(tables) | set(cursors) | set(dead)):
+        cursor = cursors.get(name)
+        backlog, oldest = 0, None
+        if cursor is not None:  # a sink that never ran starts at the journal's end
+            backlog = one("SELECT count(*) FROM events WHERE dseq > ?", cursor)
+            oldest = one("SELECT min(received_at) FROM events WHERE dseq > ?", cursor)
+        table = tables.get(name)
+        sinks.append(SinkStatus(
+            name, table.plugin if table else None, cursor, backlog, age(oldest), dead.get(name, 0)
+        ))
+    return Status(
+        journal=str(path),
+        events=one("SELECT count(*) FROM events"),
+        bytes=size,
+        media_pending=one("SELECT count(*) FROM events WHERE dseq IS NULL"),
+        media_oldest_seconds=age(one("SELECT min(received_at) FROM events WHERE dseq IS NULL")),
+        dedupe_entries=one("SELECT count(*) FROM dedupe"),
+        dedupe_capacity=settings.dedupe.capacity,
+        sinks=sinks,
+    )
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def format_status(status: Status) -> str:
+    fill = 100 * status.dedupe_entries / status.dedupe_capacity
+    lines = [
+        f"journal       {status.journal}",
+        f"  events      {status.events} rows, {human_bytes(status.bytes)}",
+        f"  media       {status.media_pending} waiting for download, "
+        f"oldest {human_age(status.media_oldest_seconds)}",
+        f"  dedupe      {status.dedupe_entries} of {status.dedupe_capacity} ({fill:.1f}%)",
+        "",
+    ]
+    rows = [("sink", "plugin", "backlog", "oldest pending", "dead letters")]
+    for sink in status.sinks:
+        rows.append((
+            sink.name,
+            sink.plugin or "(not configured)",
+            str(sink.backlog),
+            human_age(sink.oldest_pending_seconds),
+            str(sink.dead_letters),
+        ))
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    for row in rows:
+        cells = [
+            cell.rjust(width) if column in (2, 4) else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """`wahookd status [--json]`."""
+    settings, _ = load_settings(args.config)
+    status = collect_status(settings)
+    if getattr(args, "json", False):
+        print(json.dumps(asdict(status), indent=2))
+    else:
+        print(format_status(status))
+    return 0
+
+
+# -- plugins ------------------------------------------------------------------------------
+
+
+def run_plugins(args: argparse.Namespace) -> int:
+    """`wahookd plugins`: each plugin, where it comes from, and its sinks and providers."""
+    manager = get_plugin_manager()
+    registry = collect(manager)
+    origins = {
+        manager.get_name(plugin): f"{dist.project_name} {dist.version} (entry point)"
+        for plugin, dist in manager.list_plugin_distinfo()
+    }
+    names = sorted(
+        (manager.get_name(plugin) or repr(plugin) for plugin in manager.get_plugins()),
+        key=lambda name: (name in origins, name),  # built-ins first
+    )
+    for name in names:
+        print(f"{name}  [{origins.get(name, 'built-in')}]")
+        for sink_name, spec in sorted(registry.sinks.items()):
+            if registry.sink_owners[sink_name] == name:
+                description = f": {spec.description}" if spec.description else ""
+                print(f"  sink {sink_name}{description}")
+        for provider_name in sorted(registry.providers):
+            if registry.provider_owners[provider_name] == name:
+                print(f"  provider {provider_name}")
+    return 0

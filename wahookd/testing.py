@@ -1,0 +1,218 @@
+"""Helpers for people who write wahookd plugins (public API, kept stable).
+
+- `make_event(**overrides)` builds a valid SPEC §4 event; `make_status(...)` a status event.
+- `CaptureSink` records what it is given and can be told to fail its first N deliveries.
+- `make_context(...)` builds the `SinkContext` wahookd would pass to a sink factory, and
+  `build_sink(spec, options, ...)` validates options with the spec's model and builds the
+  sink the way the daemon does; `run_sink(...)` drives start → deliver* → flush → close.
+
+Example::
+
+    from wahookd.testing import make_event, run_sink
+    from my_plugin import wahookd_register_sinks
+
+    def test_my_sink_delivers(tmp_path):
+        [spec] = wahookd_register_sinks()
+        asyncio.run(run_sink(spec, {"channel": "#ops"}, [make_event()], state_dir=tmp_path))
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from wahookd.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from wahookd.events import now_rfc3339
+from wahookd.hookspecs import Sink, SinkContext, SinkSpec, hookimpl
+from wahookd.settings import describe_errors
+
+_counter = itertools.count(1)
+
+
+def make_event(**overrides: Any) -> dict[str, Any]:
+    """A valid inbound text message event; keyword arguments replace fields.
+
+    Use ``from_=...`` for the ``from`` field (a Python keyword). Each call gets a new id
+    unless ``id`` is given.
+    """
+    number = next(_counter)
+    message_id = overrides.pop("message_id", f"3EB0{uuid.uuid4().hex[:16].upper()}")
+    event: dict[str, Any] = {
+        "id": f"test:{message_id}",
+        "source": "test",
+        "provider": "wasender",
+        "kind": "message",
+        "event": "messages.upsert",
+        "message_id": message_id,
+        "chat_id": "15550000001@s.whatsapp.net",
+        "from": "15550000001",
+        "to": "15550000002",
+        "from_me": False,
+        "sender_name": "Test Sender",
+        "type": "text",
+        "text": f"test message {number}",
+        "media": None,
+        "status": None,
+        "error": None,
+        "timestamp": now_rfc3339(),
+        "received_at": now_rfc3339(),
+        "raw": {"key": {"id": message_id}, "message": {"conversation": f"test message {number}"}},
+    }
+    if "from_" in overrides:
+        overrides["from"] = overrides.pop("from_")
+    unknown = set(overrides) - set(event)
+    if unknown:
+        raise TypeError(f"make_event() got fields not in the event schema: {sorted(unknown)}")
+    event.update(overrides)
+    return event
+
+
+def make_status(message_id: str, status: str, **overrides: Any) -> dict[str, Any]:
+    """A `kind=status` event for an outbound message; its id is message id + status."""
+    fields: dict[str, Any] = {
+        "id": f"test:{message_id}:{status}",
+        "kind": "status",
+        "event": "messages.update",
+        "message_id": message_id,
+        "from": "15550000002",
+        "to": "15550000001",
+        "from_me": True,
+        "sender_name": None,
+        "type": None,
+        "text": None,
+        "status": status,
+        "error": {"code": 131026, "message": "undeliverable"} if status == "failed" else None,
+        "raw": {"key": {"id": message_id}, "update": {"status": status}},
+    }
+    fields.update(overrides)
+    return make_event(**fields)
+
+
+def make_context(
+    state_dir: Path, name: str = "test", *, durable: bool = False, log: Any = None
+) -> SinkContext:
+    """The `SinkContext` wahookd passes to a sink factory."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    return SinkContext(
+        name=name,
+        state_dir=Path(state_dir),
+        durable=durable,
+        log=log or structlog.get_logger("wahookd.sink").bind(sink=name),
+    )
+
+
+def build_sink(
+    spec: SinkSpec,
+    options: Mapping[str, Any] | None = None,
+    *,
+    state_dir: Path,
+    name: str = "test",
+    durable: bool = False,
+) -> Sink:
+    """Validate `options` with the spec's model and call its factory, as the daemon does.
+
+    Invalid options raise `ConfigError` with the lines the daemon would print.
+    """
+    try:
+        validated = spec.options.model_validate(dict(options or {}))
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, prefix=("sinks", name))) from None
+    return spec.factory(validated, make_context(state_dir, name, durable=durable))
+
+
+async def call_optional(sink: Any, method: str) -> None:
+    """Await ``sink.<method>()`` when the sink defines it (start, flush, close are optional)."""
+    function = getattr(sink, method, None)
+    if function is not None:
+        result = function()
+        if inspect.isawaitable(result):
+            await result
+
+
+async def run_sink(
+    spec: SinkSpec,
+    options: Mapping[str, Any] | None,
+    events: Iterable[dict[str, Any]],
+    *,
+    state_dir: Path,
+    name: str = "test",
+) -> Sink:
+    """Build the sink, start it, deliver `events` in order, flush and close; returns the sink."""
+    sink = build_sink(spec, options, state_dir=state_dir, name=name)
+    await call_optional(sink, "start")
+    try:
+        for event in events:
+            await sink.deliver(event)
+        await call_optional(sink, "flush")
+    finally:
+        await call_optional(sink, "close")
+    return sink
+
+
+class CaptureOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fail_times: int = Field(0, ge=0, description="fail this many deliveries before succeeding")
+    permanent: bool = Field(False, description="fail with PermanentDeliveryError instead")
+    retry_after: float | None = Field(None, ge=0, description="retry_after on the failures")
+
+
+class CaptureSink:
+    """Records delivered events in `events`; fails its first `fail_times` deliveries.
+
+    `attempts` counts every call, failed or not; `started`/`flushed`/`closed` tell which of
+    the optional methods ran.
+    """
+
+    def __init__(self, options: CaptureOptions | None = None, context: SinkContext | None = None):
+        self.options = options or CaptureOptions.model_validate({})
+        self.context = context
+        self.events: list[dict[str, Any]] = []
+        self.attempts = 0
+        self.failures_left = self.options.fail_times
+        self.started = self.flushed = self.closed = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def deliver(self, event: dict[str, Any]) -> None:
+        self.attempts += 1
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            if self.options.permanent:
+                raise PermanentDeliveryError(f"capture: told to fail ({event['id']})")
+            raise DeliveryError(
+                f"capture: told to fail ({event['id']})", retry_after=self.options.retry_after
+            )
+        self.events.append(event)
+
+    async def flush(self) -> None:
+        self.flushed = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+    @property
+    def ids(self) -> list[str]:
+        return [event["id"] for event in self.events]
+
+
+CAPTURE_SPEC = SinkSpec("capture", CaptureOptions, CaptureSink, "record events (for tests)")
+
+
+class CapturePlugin:
+    """A plugin object that registers `CaptureSink` as sink ``capture``.
+
+    ``manager.register(CapturePlugin())`` makes ``plugin = "capture"`` usable in tests.
+    """
+
+    @hookimpl
+    def wahookd_register_sinks(self) -> list[SinkSpec]:
+        return [CAPTURE_SPEC]
