@@ -82,7 +82,7 @@ def test_send_test_reaches_the_daemon_for_every_provider_and_kind(daemon) -> Non
         assert (provider, "status", None) in seen
     # Fresh ids every time: a second run is a new event, not a duplicate.
     again = send_test(daemon.config_path, "--source", "meta", "--kind", "text")
-    assert '"accepted": 1' in again.stdout
+    assert json.loads(again.stdout.split("\n", 1)[1]) == {"accepted": 1, "duplicates": 0}
 
 
 def test_send_test_with_the_wrong_secret_gets_401_and_exits_1(daemon, tmp_path: Path) -> None:

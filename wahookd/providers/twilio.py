@@ -117,6 +117,7 @@ def algorithm_of(settings_header: str | None) -> str | None:
 
 class TwilioProvider(Provider):
     name = "twilio"
+    signs_url = True  # the core rebuilds the public URL only for such providers
     content_types = frozenset({FORM, "application/json"})
 
     def verify(self, request: InboundRequest, source: SourceSettings) -> bool:
@@ -132,7 +133,8 @@ class TwilioProvider(Provider):
             return False
         query = urlsplit(request.url).query if "?" in request.url else ""
         body_hash = parse_qs(query).get("bodySHA256") if query else None
-        if request.content_type == FORM and not body_hash:
+        # Twilio posts forms unless it says JSON; the core lets a missing Content-Type through.
+        if request.content_type != "application/json" and not body_hash:
             params = form_pairs(request.body)
             if params is None:
                 return False
