@@ -310,10 +310,7 @@ def test_twilio_raw_is_the_flat_form() -> None:
 
 
 def test_waha_and_evolution_raw_is_the_payload_or_data() -> None:
-    assert (
-        parse_fixture("waha/message-image.json")[0].raw
-        == load("waha/message-image.json")["payload"]
-    )
+    assert parse_fixture("waha/message-image.json")[0].raw == load("waha/message-image.json")["payload"]
     voice = parse_fixture("evolution/messages-upsert-voice-uppercase.json")[0]
     assert voice.raw == load("evolution/messages-upsert-voice-uppercase.json")["data"]
     assert voice.raw["message"]["base64"] == "T2dnUw=="
@@ -419,3 +416,28 @@ def test_twilio_json_body_is_read_like_a_form() -> None:
     event = PROVIDERS["twilio"].parse(request, "s", SourceSettings(provider="twilio"))[0]
     assert (event.id, event.kind, event.type, event.text) == ("SMjson1", "message", "text", "hi")
     assert event.raw["NumSegments"] == "1"
+
+
+def test_evolution_message_type_names_the_content_when_the_message_is_trimmed() -> None:
+    body = load("evolution/messages-upsert.json")
+    body["data"]["message"] = {}
+    body["data"]["messageType"] = "stickerMessage"
+    (event,) = parse_body("evolution", body)
+    assert (event.type, event.text, event.media) == ("sticker", None, None)
+    body["data"]["messageType"] = "somethingNew"
+    assert parse_body("evolution", body)[0].type == "unknown"
+
+
+def test_negative_baileys_file_length_is_no_size() -> None:
+    body = load("wasender/messages-upsert-image.json")
+    body["data"]["message"]["imageMessage"]["fileLength"] = {"low": -5, "high": 0}
+    (event,) = parse_body("wasender", body)
+    assert event.media is not None
+    assert event.media["size"] is None
+
+
+def test_superscript_digits_are_not_numbers() -> None:
+    fields = "MessageSid=SMsup&Body=hi&NumMedia=%C2%B2&MediaUrl0=https%3A%2F%2Fx"
+    request = InboundRequest("POST", "https://h/webhooks/s", {}, fields.encode(), FORM)
+    event = PROVIDERS["twilio"].parse(request, "s", SourceSettings(provider="twilio"))[0]
+    assert (event.type, event.media) == ("text", None)

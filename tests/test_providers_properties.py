@@ -96,9 +96,7 @@ def mutated(value: Any) -> st.SearchStrategy[Any]:
     return st.one_of(kept, kept, kept, json_values)
 
 
-def signed_request(
-    provider: str, body: bytes, content_type: str, must_verify: bool = True
-) -> InboundRequest:
+def signed_request(provider: str, body: bytes, content_type: str, must_verify: bool = True) -> InboundRequest:
     url = URL
     if provider == "twilio" and content_type == "application/json":
         import hashlib
@@ -228,8 +226,7 @@ def test_mutated_fixtures_parse_or_are_rejected(path: Path, data: st.DataObject)
                 ]
             )
             | st.text(max_size=8),
-            st.text(max_size=12)
-            | st.sampled_from(["1", "read", "failed", "image/jpeg", "https://x"]),
+            st.text(max_size=12) | st.sampled_from(["1", "read", "failed", "image/jpeg", "https://x"]),
         ),
         max_size=10,
     )
@@ -276,7 +273,8 @@ def _is_utf8(body: bytes) -> bool:
                 "X-Twilio-Webhooks-Signature-Settings",
             ]
         ),
-        st.text(max_size=30),
+        # "²" passes str.isdigit() yet int() refuses it: a past bug.
+        st.text(max_size=30) | st.sampled_from(["\u00b2", "\u0661", "9" * 40, "v1,\u00b2"]),
         max_size=6,
     ),
 )

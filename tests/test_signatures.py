@@ -82,9 +82,7 @@ def test_twilio_json_body_vector_verifies_through_body_sha256() -> None:
     headers = {"X-Twilio-Signature": "hPXmLwIy3Fgqv1i9KPmH/HhQ6zo="}
     assert PROVIDERS["twilio"].verify(request(body, headers, url=url), source("twilio", "12345"))
     tampered = body.replace(b"3030", b"3031")
-    assert not PROVIDERS["twilio"].verify(
-        request(tampered, headers, url=url), source("twilio", "12345")
-    )
+    assert not PROVIDERS["twilio"].verify(request(tampered, headers, url=url), source("twilio", "12345"))
 
 
 def test_waha_vector_verifies() -> None:
@@ -133,9 +131,7 @@ def test_body_changed_by_one_byte_is_rejected(provider: str) -> None:
     index = body.index(b"send-test")  # flip one byte inside a value
     tampered = body[:index] + bytes([body[index] ^ 0x01]) + body[index + 1 :]
     assert len(tampered) == len(body)
-    assert not PROVIDERS[provider].verify(
-        request(tampered, headers, content_type), source(provider)
-    )
+    assert not PROVIDERS[provider].verify(request(tampered, headers, content_type), source(provider))
 
 
 @pytest.mark.parametrize("provider", ["wasender", "evolution"])
@@ -200,9 +196,7 @@ def test_rotated_second_secret_is_accepted(provider: str) -> None:
         },
     ],
 )
-def test_garbage_headers_are_rejected_without_raising(
-    provider: str, headers: dict[str, str]
-) -> None:
+def test_garbage_headers_are_rejected_without_raising(provider: str, headers: dict[str, str]) -> None:
     for url in (URL, "http://[::1", "https://h:99999/x?bodySHA256=", ""):
         for content_type in ("application/json", FORM):
             req = request(b"\xff\x00{", headers, content_type, url)
@@ -220,9 +214,7 @@ def test_garbage_headers_are_rejected_without_raising(
         ("http://hooks.example.com/webhooks/s?x=1", "http://hooks.example.com:80/webhooks/s?x=1"),
     ],
 )
-def test_twilio_accepts_the_url_with_and_without_the_default_port(
-    signed_url: str, request_url: str
-) -> None:
+def test_twilio_accepts_the_url_with_and_without_the_default_port(signed_url: str, request_url: str) -> None:
     settings = source("twilio")
     body, _ = PROVIDERS["twilio"].sample("text")
     headers = PROVIDERS["twilio"].sign(body, signed_url, settings)
@@ -327,10 +319,7 @@ def test_meta_handshake_echoes_the_challenge_only_for_the_right_token() -> None:
     assert handshake({**good, "hub.mode": [b"unsubscribe"]}) is None
     assert handshake({"hub.mode": [b"subscribe"], "hub.challenge": [b"1"]}) is None
     assert meta.handshake(InboundRequest("GET", URL, {}, b"", "", good), source("meta")) is None
-    assert (
-        PROVIDERS["wasender"].handshake(InboundRequest("GET", URL, {}, b"", "", good), settings)
-        is None
-    )
+    assert PROVIDERS["wasender"].handshake(InboundRequest("GET", URL, {}, b"", "", good), settings) is None
 
 
 def test_meta_verifies_raw_bytes_not_reserialized_json() -> None:
@@ -347,3 +336,9 @@ def test_samples_use_fresh_message_ids() -> None:
     for provider in ALL:
         for kind in ("text", "image", "status"):
             assert PROVIDERS[provider].sample(kind)[0] != PROVIDERS[provider].sample(kind)[0]
+
+
+@pytest.mark.parametrize("stamp", ["\u00b2", "\u0661\u0662\u0663", " 1 2 ", "1e9", "0x10"])
+def test_standard_webhooks_rejects_non_ascii_or_odd_timestamps_without_raising(stamp: str) -> None:
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": stamp, "webhook-signature": "v1,AAAA"}
+    assert PROVIDERS["standard"].verify(request(b"{}", headers), source("standard")) is False

@@ -139,7 +139,7 @@ def classify(message: Any) -> Content:
         media = new_media(
             text(part.get("mimetype")),
             text(part.get("fileName")),
-            integer(part.get("fileLength")),
+            size if (size := integer(part.get("fileLength"))) is None or size >= 0 else None,
         )
         return Content(kind, text(part.get("caption")), media)
     kind = OTHER_TYPES.get(key, "unknown")

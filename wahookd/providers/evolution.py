@@ -27,7 +27,14 @@ from typing import Any
 from wahookd.errors import ParseError
 from wahookd.events import Event, content_id, phone_digits
 from wahookd.providers import InboundRequest, Provider, constant_time_in, get_path
-from wahookd.providers.baileys import SAMPLE_MEDIA_URL, classify, parties, status_name
+from wahookd.providers.baileys import (
+    MEDIA_TYPES,
+    OTHER_TYPES,
+    SAMPLE_MEDIA_URL,
+    classify,
+    parties,
+    status_name,
+)
 from wahookd.providers.payload import (
     flag,
     header,
@@ -60,13 +67,9 @@ class EvolutionProvider(Provider):
         except ParseError:
             return False
         apikey = body.get("apikey") if isinstance(body, dict) else None
-        return (
-            isinstance(apikey, str) and bool(apikey) and constant_time_in(apikey.encode(), secrets)
-        )
+        return isinstance(apikey, str) and bool(apikey) and constant_time_in(apikey.encode(), secrets)
 
-    def parse(
-        self, request: InboundRequest, source_name: str, source: SourceSettings
-    ) -> list[Event]:
+    def parse(self, request: InboundRequest, source_name: str, source: SourceSettings) -> list[Event]:
         body = load_json_object(request.body)
         name = text(body.get("event"))
         if name is None:
@@ -172,6 +175,10 @@ def _message(source_name: str, name: str, data: Any, body: dict[str, Any]) -> Ev
         event.sender = phone_digits(text(body.get("sender")))
     event.sender_name = text(data.get("pushName"))
     event.type, event.text, event.media = content.type, content.text, content.media
+    if event.type == "unknown":
+        # Evolution names the content key in `messageType` even when `message` is trimmed.
+        declared = text(data.get("messageType")) or ""
+        event.type = {**OTHER_TYPES, **MEDIA_TYPES}.get(declared, "unknown")
     event.timestamp = timestamp(data.get("messageTimestamp")) or timestamp(body.get("date_time"))
     return event
 

@@ -92,8 +92,11 @@ def integer(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 30:
-        return int(value)
+    if isinstance(value, str) and len(value) < 30:
+        digits = value.strip().removeprefix("-")
+        # isdigit() alone admits "²", which int() refuses.
+        if digits.isascii() and digits.isdigit():
+            return int(value)
     return None
 
 

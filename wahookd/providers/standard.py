@@ -72,7 +72,10 @@ def verify_signature(
     body: bytes,
     now: float | None = None,
 ) -> bool:
-    if not msg_id or not stamp or not signatures or not stamp.strip().isdigit():
+    if not msg_id or not stamp or not signatures:
+        return False
+    stamp = stamp.strip()
+    if not (stamp.isascii() and stamp.isdigit()):  # isdigit() alone admits "²"
         return False
     if len(stamp) > 15:
         return False
