@@ -441,3 +441,10 @@ def test_superscript_digits_are_not_numbers() -> None:
     request = InboundRequest("POST", "https://h/webhooks/s", {}, fields.encode(), FORM)
     event = PROVIDERS["twilio"].parse(request, "s", SourceSettings(provider="twilio"))[0]
     assert (event.type, event.media) == ("text", None)
+
+
+def test_json_nested_past_the_limit_is_rejected_and_shallower_is_kept() -> None:
+    deep = {"event": "x", "data": json.loads("[" * 99 + "]" * 99)}
+    assert parse_body("wasender", deep)[0].kind == "system"
+    with pytest.raises(ParseError):
+        parse_body("wasender", {"event": "x", "data": json.loads("[" * 100 + "]" * 100)})

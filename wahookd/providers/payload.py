@@ -18,6 +18,24 @@ from wahookd.events import rfc3339
 
 # A JSON escape of a UTF-16 surrogate: only then can a decoded string hold a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+MAX_DEPTH = 100
+
+
+def nesting_depth(data: Any) -> int:
+    """How deeply arrays and objects nest (iteratively: the input may be deep)."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:
@@ -33,6 +51,12 @@ def load_json(body: bytes) -> Any:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ParseError(f"invalid JSON: {type(exc).__name__}") from None
+    # The byte count is a fast bound: fewer brackets than the limit cannot nest past it.
+    brackets = body.count(b"[") + body.count(b"{")
+    if brackets > MAX_DEPTH and nesting_depth(data) > MAX_DEPTH:
+        # Near the interpreter's recursion limit every later json.dumps (journal, sinks)
+        # could fail; real webhooks nest a dozen levels.
+        raise ParseError(f"JSON nested deeper than {MAX_DEPTH} levels")
     if _SURROGATE_ESCAPE.search(body):
         # Meta escapes emoji as surrogate pairs, which decode fine; a lone one cannot be
         # stored as UTF-8 by the journal or any sink.
