@@ -16,8 +16,13 @@ from wahookd.journal import JOURNAL_FILE, Journal
 
 def event(event_id: str, source: str = "shop", media: bool = False) -> Event:
     return Event(
-        id=event_id, source=source, provider="wasender", kind="message", event="messages.upsert",
-        raw={"id": event_id}, media=new_media("image/jpeg") if media else None,
+        id=event_id,
+        source=source,
+        provider="wasender",
+        kind="message",
+        event="messages.upsert",
+        raw={"id": event_id},
+        media=new_media("image/jpeg") if media else None,
     )
 
 
