@@ -36,6 +36,7 @@ from wahookd.providers.baileys import (
     status_name,
 )
 from wahookd.providers.payload import (
+    as_object,
     flag,
     header,
     ident,
@@ -192,7 +193,7 @@ def _status(source_name: str, name: str, data: Any, body: dict[str, Any]) -> Eve
     status = status_name(raw_status)
     if status is None:
         return None  # DELETED, an edit, ...: a system event
-    key = data.get("key") if isinstance(data.get("key"), dict) else {}
+    key = as_object(data.get("key"))
     message_id = ident(data.get("keyId")) or ident(key.get("id"))
     remote = text(data.get("remoteJid")) or text(key.get("remoteJid"))
     event = Event(

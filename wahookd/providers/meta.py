@@ -29,6 +29,7 @@ from wahookd.errors import ParseError
 from wahookd.events import Event, content_id, new_media, phone_digits
 from wahookd.providers import InboundRequest, Provider, get_path
 from wahookd.providers.payload import (
+    as_object,
     flag,
     header,
     hmac_digest,
@@ -221,7 +222,7 @@ def _message(
         )
     event.timestamp = timestamp(message.get("timestamp"))
     kind = text(message.get("type")) or "unknown"
-    part = message.get(kind) if isinstance(message.get(kind), dict) else {}
+    part = as_object(message.get(kind))
     if kind in MEDIA_TYPES:
         event.type = "voice" if kind == "audio" and flag(part.get("voice")) else kind
         event.text = text(part.get("caption"))

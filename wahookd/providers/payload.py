@@ -94,6 +94,13 @@ def form_pairs(body: bytes) -> list[tuple[str, str]] | None:
         return None
 
 
+def as_object(value: Any, default: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`value` when it is a JSON object, else `default` (an empty one)."""
+    if isinstance(value, dict):
+        return value
+    return {} if default is None else default
+
+
 def text(value: Any) -> str | None:
     """A non-empty string, else None."""
     return value if isinstance(value, str) and value else None

@@ -34,6 +34,7 @@ from typing import Any
 from wahookd.events import KINDS, MESSAGE_TYPES, STATUSES, Event, content_id, phone_digits
 from wahookd.providers import InboundRequest, Provider
 from wahookd.providers.payload import (
+    as_object,
     flag,
     header,
     hmac_digest,
@@ -109,7 +110,7 @@ class StandardProvider(Provider):
         body = load_json_object(request.body)
         msg_id = header(request.headers, "webhook-id") or content_id("standard", body)
         name = text(body.get("type")) or "webhook"
-        data = body.get("data") if isinstance(body.get("data"), dict) else body
+        data = as_object(body.get("data"), body)
         event = Event(
             id=msg_id, source=source_name, provider="standard", kind="system", event=name, raw=body
         )

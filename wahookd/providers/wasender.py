@@ -61,17 +61,18 @@ class WasenderProvider(Provider):
         envelope_time = body.get("timestamp")
         words = event_name.lower().replace("-", ".").split(".")
         builder = _Builder(source_name, event_name, envelope_time, body)
+        found: list[Event | None]
         if "receipt" in event_name.lower():
-            events = [builder.receipt(item) for item in as_list(data)]
+            found = [builder.receipt(item) for item in as_list(data)]
         elif "update" in words and ("messages" in words or "message" in words):
-            events = [builder.update(item) for item in as_list(data)]
+            found = [builder.update(item) for item in as_list(data)]
         elif "reaction" in words or "reactions" in words:
-            events = [builder.reaction(item) for item in as_list(data)]
+            found = [builder.reaction(item) for item in as_list(data)]
         elif "messages" in words or "message" in words:
-            events = [builder.message(item) for item in _messages_of(data)]
+            found = [builder.message(item) for item in _messages_of(data)]
         else:
-            events = []
-        events = [event for event in events if event is not None]
+            found = []
+        events = [event for event in found if event is not None]
         if not events:
             events = [builder.system(data)]
         return events
