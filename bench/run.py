@@ -54,12 +54,27 @@ def peak_rss_mb(pid: int) -> float:
 
 def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-         "-s", str(HERE / "wasender.lua"), url],
-        capture_output=True, text=True, check=True,
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(HERE / "wasender.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    fields = dict(re.findall(r"(\w+)=([\d.]+)", " ".join(l for l in out.splitlines() if l.startswith("WRK"))))
+    ours = " ".join(line for line in out.splitlines() if line.startswith("WRK"))
+    fields = dict(re.findall(r"(\w+)=([\d.]+)", ours))
     return {"rps": rps, **{k: float(v) for k, v in fields.items()}}
 
 
@@ -113,8 +128,11 @@ def bench_wahookd(seconds: int, connections: int, keys: int, workdir: Path) -> d
     if keys:
         began = time.monotonic()
         prefill(state, keys)
-        print(f"prefilled {keys} dedupe keys in {time.monotonic() - began:.1f}s; "
-              f"one lookup takes {dedupe_lookup_us(state):.1f} us", flush=True)
+        print(
+            f"prefilled {keys} dedupe keys in {time.monotonic() - began:.1f}s; "
+            f"one lookup takes {dedupe_lookup_us(state):.1f} us",
+            flush=True,
+        )
     config = workdir / "wahookd.toml"
     sink_path = workdir / "events.jsonl"
     config.write_text(
@@ -141,7 +159,8 @@ max_bytes = 0
     log = (workdir / "daemon.log").open("wb")
     proc = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, "-m", "wahookd.cli", "serve", "--config", str(config)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -151,7 +170,8 @@ max_bytes = 0
             metrics = answer.read().decode()
         backlog = re.search(r'wahookd_sink_backlog\{sink="archive"\} ([\d.e+]+)', metrics)
         accepted = sum(
-            float(v) for v in re.findall(r'wahookd_events_total\{kind="message",source="bench"\} ([\d.e+]+)', metrics)
+            float(v)
+            for v in re.findall(r'wahookd_events_total\{kind="message",source="bench"\} ([\d.e+]+)', metrics)
         )
         result["backlog_at_end"] = float(backlog.group(1)) if backlog else float("nan")
         result["accepted"] = accepted
@@ -175,7 +195,9 @@ max_bytes = 0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--prefill", type=int, default=0, help="dedupe keys to pre-fill")
@@ -195,7 +217,8 @@ def main() -> None:
     print(
         f"\nwahookd/bare throughput: {daemon['rps'] / bare['rps']:.0%}; non-2xx: {daemon['non2xx']:.0f}; "
         f"accepted {daemon['accepted']:.0f}, sink lines {daemon['sink_lines']:.0f}, "
-        f"backlog at end of load {daemon['backlog_at_end']:.0f}, caught up {daemon['catch_up_s']:.1f}s later; "
+        f"backlog at end of load {daemon['backlog_at_end']:.0f}, "
+        f"caught up {daemon['catch_up_s']:.1f}s later; "
         f"sink kept up: {'yes' if kept_up else 'NO'}; exit code on SIGTERM {daemon['exit_code']:.0f}; "
         f"dedupe pre-filled with {args.prefill} keys"
     )

@@ -36,7 +36,9 @@ def sink_config(path: Path) -> str:
     return f'\n[sinks.archive]\nplugin = "file"\npath = "{path}"\n'
 
 
-def post(port: int, path: str, body: bytes, headers: dict[str, str], timeout: float = 10) -> tuple[int, bytes]:
+def post(
+    port: int, path: str, body: bytes, headers: dict[str, str], timeout: float = 10
+) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("POST", path, body=body, headers=headers)
@@ -91,24 +93,48 @@ def test_signed_fixtures_reach_the_file_sink_as_events(daemon_factory: Any, tmp_
     assert second["status"] == "failed"
     assert str(second["error"]["code"]) == "130472"
     assert set(first) >= {
-        "id", "source", "provider", "kind", "event", "message_id", "chat_id", "from", "to",
-        "from_me", "sender_name", "type", "text", "media", "status", "timestamp", "received_at", "raw",
+        "id",
+        "source",
+        "provider",
+        "kind",
+        "event",
+        "message_id",
+        "chat_id",
+        "from",
+        "to",
+        "from_me",
+        "sender_name",
+        "type",
+        "text",
+        "media",
+        "status",
+        "timestamp",
+        "received_at",
+        "raw",
     }
     assert daemon.stop() == 0
 
 
-def test_a_redelivered_webhook_creates_nothing_new_even_after_a_restart(daemon_factory: Any, tmp_path: Path) -> None:
+def test_a_redelivered_webhook_creates_nothing_new_even_after_a_restart(
+    daemon_factory: Any, tmp_path: Path
+) -> None:
     out = tmp_path / "events.jsonl"
     daemon: DaemonProcess = daemon_factory(CONFIG + sink_config(out)).start()
     body = wasender_body("REPEAT1")
     assert json.loads(post(daemon.port, "/webhooks/shop", body, wasender_headers(SECRET))[1]) == {
-        "accepted": 1, "duplicates": 0}
+        "accepted": 1,
+        "duplicates": 0,
+    }
     assert json.loads(post(daemon.port, "/webhooks/shop", body, wasender_headers(SECRET))[1]) == {
-        "accepted": 0, "duplicates": 1}
+        "accepted": 0,
+        "duplicates": 1,
+    }
     assert daemon.stop() == 0
     daemon.start()
     assert json.loads(post(daemon.port, "/webhooks/shop", body, wasender_headers(SECRET))[1]) == {
-        "accepted": 0, "duplicates": 1}
+        "accepted": 0,
+        "duplicates": 1,
+    }
     time.sleep(0.5)
     assert [e["message_id"] for e in sink_lines(out)] == ["REPEAT1"]
     assert daemon.stop() == 0
@@ -124,7 +150,9 @@ def hammer(port: int, prefix: str, count: int, stop: threading.Event | None = No
             return
         message_id = f"{prefix}{i}"
         try:
-            status, _ = post(port, "/webhooks/shop", wasender_body(message_id), wasender_headers(SECRET), timeout=5)
+            status, _ = post(
+                port, "/webhooks/shop", wasender_body(message_id), wasender_headers(SECRET), timeout=5
+            )
         except (OSError, http.client.HTTPException):
             return  # the daemon died under us: no 200, no promise
         if status == 200:
@@ -136,7 +164,9 @@ def hammer(port: int, prefix: str, count: int, stop: threading.Event | None = No
     return accepted
 
 
-def test_sigkill_under_load_loses_no_accepted_event_and_doubles_none(daemon_factory: Any, tmp_path: Path) -> None:
+def test_sigkill_under_load_loses_no_accepted_event_and_doubles_none(
+    daemon_factory: Any, tmp_path: Path
+) -> None:
     out = tmp_path / "events.jsonl"
     daemon: DaemonProcess = daemon_factory(CONFIG + sink_config(out)).start()
     stop = threading.Event()
@@ -173,7 +203,9 @@ def test_a_locked_journal_answers_503_and_recovers(daemon_factory: Any, tmp_path
     # Another process holds the write lock past the daemon's busy timeout: writes fail.
     blocker = sqlite3.connect(daemon.state_dir / "journal.db", isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
-    status, body = post(daemon.port, "/webhooks/shop", wasender_body("DURING"), wasender_headers(SECRET), timeout=20)
+    status, body = post(
+        daemon.port, "/webhooks/shop", wasender_body("DURING"), wasender_headers(SECRET), timeout=20
+    )
     assert (status, json.loads(body)) == (503, {"error": "cannot store event"})
     assert get(daemon.port, "/readyz")[0] == 503
     blocker.execute("ROLLBACK")
@@ -185,7 +217,9 @@ def test_a_locked_journal_answers_503_and_recovers(daemon_factory: Any, tmp_path
     assert daemon.stop() == 0
 
 
-def test_systemd_is_told_ready_once_listening_and_stopping_on_sigterm(daemon_factory: Any, tmp_path: Path) -> None:
+def test_systemd_is_told_ready_once_listening_and_stopping_on_sigterm(
+    daemon_factory: Any, tmp_path: Path
+) -> None:
     path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(path))
@@ -210,8 +244,11 @@ def test_embedded_defaults_run_and_say_how_to_add_a_source(tmp_path: Path) -> No
     port = free_port()
     env = {**os.environ, "WAHOOKD_SERVER__LISTEN": f"127.0.0.1:{port}", "WAHOOKD_CONFIG": ""}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wahookd.cli", "serve"], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "wahookd.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 15

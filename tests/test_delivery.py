@@ -46,7 +46,9 @@ def table(**overrides: Any) -> SinkSettings:
     return SinkSettings(**values)
 
 
-async def start(journal: Journal, name: str, sink: Recorder, **overrides: Any) -> tuple[SinkWorker, asyncio.Task[None]]:
+async def start(
+    journal: Journal, name: str, sink: Recorder, **overrides: Any
+) -> tuple[SinkWorker, asyncio.Task[None]]:
     worker = SinkWorker(name, table(**overrides), sink, journal, make_metrics())
     await worker.prepare()
     return worker, asyncio.get_running_loop().create_task(worker.run())

@@ -66,9 +66,7 @@ def app(state: AppState) -> Any:
     return make_app(state)
 
 
-async def post(
-    client: Any, path: str, body: bytes, headers: dict[str, str]
-) -> HTTPResponse:
+async def post(client: Any, path: str, body: bytes, headers: dict[str, str]) -> HTTPResponse:
     return await client.fetch(path, method="POST", body=body, headers=headers, raise_error=False)
 
 
@@ -79,7 +77,9 @@ async def journaled(state: AppState) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     "name", ["messages-received-text", "messages-upsert-array", "messages-update-read", "session-status"]
 )
-async def test_signed_wasender_fixtures_are_accepted(http_server_client: Any, state: AppState, name: str) -> None:
+async def test_signed_wasender_fixtures_are_accepted(
+    http_server_client: Any, state: AppState, name: str
+) -> None:
     body = (FIXTURES / "wasender" / f"{name}.json").read_bytes()
     answer = await post(http_server_client, "/webhooks/shop", body, wasender_headers(SECRET))
     assert answer.code == 200
@@ -91,7 +91,9 @@ async def test_signed_wasender_fixtures_are_accepted(http_server_client: Any, st
 
 
 async def test_a_rotated_secret_is_still_accepted(http_server_client: Any) -> None:
-    answer = await post(http_server_client, "/webhooks/shop", wasender_body("R1"), wasender_headers("old-secret"))
+    answer = await post(
+        http_server_client, "/webhooks/shop", wasender_body("R1"), wasender_headers("old-secret")
+    )
     assert answer.code == 200
 
 
@@ -100,7 +102,10 @@ async def test_forged_or_missing_signature_is_401_and_stores_nothing(
     http_server_client: Any, state: AppState, headers: dict[str, str]
 ) -> None:
     answer = await post(
-        http_server_client, "/webhooks/shop", wasender_body("F1"), {"Content-Type": "application/json", **headers}
+        http_server_client,
+        "/webhooks/shop",
+        wasender_body("F1"),
+        {"Content-Type": "application/json", **headers},
     )
     assert answer.code == 401
     assert json.loads(answer.body) == {"error": "invalid signature"}
@@ -109,8 +114,10 @@ async def test_forged_or_missing_signature_is_401_and_stores_nothing(
 
 async def test_meta_signature_is_checked_on_the_raw_bytes(http_server_client: Any, state: AppState) -> None:
     # Meta escapes non-ASCII as \uXXXX: re-serialising the JSON would change the bytes.
-    body = (FIXTURES / "meta" / "text.json").read_bytes().replace(
-        b"Does it come in another color?", b"Ol\\u00e1, \\u00e7a va? \\ud83d\\ude00"
+    body = (
+        (FIXTURES / "meta" / "text.json")
+        .read_bytes()
+        .replace(b"Does it come in another color?", b"Ol\\u00e1, \\u00e7a va? \\ud83d\\ude00")
     )
     answer = await post(http_server_client, "/webhooks/fb", body, meta_headers(META_SECRET, body))
     assert answer.code == 200, answer.body
@@ -135,7 +142,9 @@ def meta_batch() -> bytes:
     return json.dumps(text).encode()
 
 
-async def test_a_meta_batch_yields_one_event_per_message_and_status(http_server_client: Any, state: AppState) -> None:
+async def test_a_meta_batch_yields_one_event_per_message_and_status(
+    http_server_client: Any, state: AppState
+) -> None:
     body = meta_batch()
     answer = await post(http_server_client, "/webhooks/fb", body, meta_headers(META_SECRET, body))
     assert json.loads(answer.body) == {"accepted": 5, "duplicates": 0}
@@ -155,7 +164,8 @@ async def test_a_meta_batch_yields_one_event_per_message_and_status(http_server_
 
 async def test_meta_handshake(http_server_client: Any) -> None:
     ok = await http_server_client.fetch(
-        "/webhooks/fb?hub.mode=subscribe&hub.verify_token=hello-token&hub.challenge=1158201444", raise_error=False
+        "/webhooks/fb?hub.mode=subscribe&hub.verify_token=hello-token&hub.challenge=1158201444",
+        raise_error=False,
     )
     assert (ok.code, ok.body, ok.headers["Content-Type"].split(";")[0]) == (200, b"1158201444", "text/plain")
     bad = await http_server_client.fetch(
@@ -170,8 +180,12 @@ async def test_unknown_source_is_404(http_server_client: Any) -> None:
 
 
 async def test_a_content_type_the_provider_never_sends_is_415(http_server_client: Any) -> None:
-    answer = await post(http_server_client, "/webhooks/shop", b"a=b", {
-        "Content-Type": "application/x-www-form-urlencoded", "X-Webhook-Signature": SECRET})
+    answer = await post(
+        http_server_client,
+        "/webhooks/shop",
+        b"a=b",
+        {"Content-Type": "application/x-www-form-urlencoded", "X-Webhook-Signature": SECRET},
+    )
     assert answer.code == 415
 
 
@@ -217,15 +231,21 @@ async def test_an_address_outside_allow_ips_is_401(http_server_client: Any) -> N
 
 
 async def test_verify_none_accepts_unsigned(http_server_client: Any) -> None:
-    answer = await post(http_server_client, "/webhooks/open", wasender_body("U1"), {"Content-Type": "application/json"})
+    answer = await post(
+        http_server_client, "/webhooks/open", wasender_body("U1"), {"Content-Type": "application/json"}
+    )
     assert answer.code == 200
 
 
 @pytest.mark.parametrize("state", [{"ratelimit": {"rate": 1, "burst": 3}}], indirect=True)
-async def test_a_burst_beyond_the_bucket_gets_429_with_retry_after(http_server_client: Any, state: AppState) -> None:
+async def test_a_burst_beyond_the_bucket_gets_429_with_retry_after(
+    http_server_client: Any, state: AppState
+) -> None:
     codes = []
     for i in range(5):
-        answer = await post(http_server_client, "/webhooks/shop", wasender_body(f"B{i}"), wasender_headers(SECRET))
+        answer = await post(
+            http_server_client, "/webhooks/shop", wasender_body(f"B{i}"), wasender_headers(SECRET)
+        )
         codes.append(answer.code)
     assert codes == [200, 200, 200, 429, 429]
     assert int(answer.headers["Retry-After"]) >= 1
@@ -236,9 +256,13 @@ async def test_a_burst_beyond_the_bucket_gets_429_with_retry_after(http_server_c
 
 
 @pytest.mark.parametrize(
-    "state", [{"ratelimit": {"rate": 1, "burst": 2}, "server": {"trusted_proxies": ["10.9.9.9/32"]}}], indirect=True
+    "state",
+    [{"ratelimit": {"rate": 1, "burst": 2}, "server": {"trusted_proxies": ["10.9.9.9/32"]}}],
+    indirect=True,
 )
-async def test_forwarded_for_from_an_untrusted_peer_is_ignored(http_server_client: Any, state: AppState) -> None:
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+    http_server_client: Any, state: AppState
+) -> None:
     codes = []
     for i in range(3):
         headers = {**wasender_headers(SECRET), "X-Forwarded-For": f"203.0.113.{i}"}
@@ -257,7 +281,12 @@ async def test_a_journal_that_cannot_write_answers_503_and_keeps_what_it_had(
     conn.execute(f"PRAGMA max_page_count={pages}")  # the disk is full
     failed = []
     for i in range(20):
-        answer = await post(http_server_client, "/webhooks/shop", wasender_body(f"FULL{i}", "y" * 3000), wasender_headers(SECRET))
+        answer = await post(
+            http_server_client,
+            "/webhooks/shop",
+            wasender_body(f"FULL{i}", "y" * 3000),
+            wasender_headers(SECRET),
+        )
         failed.append(answer.code)
     assert 503 in failed
     assert set(failed) <= {200, 503}  # never a 4xx for our own failure
@@ -280,7 +309,12 @@ async def test_draining_refuses_new_webhooks_with_503(http_server_client: Any, s
 async def test_metrics_count_requests_events_and_duplicates(http_server_client: Any) -> None:
     for _ in range(2):
         await post(http_server_client, "/webhooks/shop", wasender_body("M1"), wasender_headers(SECRET))
-    await post(http_server_client, "/webhooks/shop", wasender_body("M2"), {"X-Webhook-Signature": "no", "Content-Type": "application/json"})
+    await post(
+        http_server_client,
+        "/webhooks/shop",
+        wasender_body("M2"),
+        {"X-Webhook-Signature": "no", "Content-Type": "application/json"},
+    )
     text = (await http_server_client.fetch("/metrics")).body.decode()
     assert 'wahookd_http_requests_total{code="200",source="shop"} 2.0' in text
     assert 'wahookd_events_total{kind="message",source="shop"} 1.0' in text
@@ -289,8 +323,6 @@ async def test_metrics_count_requests_events_and_duplicates(http_server_client: 
     assert "wahookd_journal_commit_seconds_count" in text
     assert "wahookd_build_info{" in text
     assert "M1" not in text  # labels never carry message ids
-
-
 
 
 @pytest.mark.parametrize("state", [{"server": {"body_timeout": 0.3, "max_body_bytes": 65536}}], indirect=True)
@@ -305,7 +337,7 @@ def test_a_slow_body_is_cut_off_and_others_are_still_served(
         with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
             slow.sendall(
                 b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"X-Webhook-Signature: " + SECRET.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"ev"
+                b"X-Webhook-Signature: " + SECRET.encode() + b'\r\nContent-Length: 100\r\n\r\n{"ev'
             )
             began = time.monotonic()
             closed = slow.recv(4096)  # b"" once the daemon gives up on the body
@@ -313,7 +345,9 @@ def test_a_slow_body_is_cut_off_and_others_are_still_served(
         import http.client
 
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("POST", "/webhooks/shop", body=wasender_body("AFTER-SLOW"), headers=wasender_headers(SECRET))
+        conn.request(
+            "POST", "/webhooks/shop", body=wasender_body("AFTER-SLOW"), headers=wasender_headers(SECRET)
+        )
         status = conn.getresponse().status
         conn.close()
         return closed, waited, status

@@ -16,8 +16,13 @@ from wahookd.journal import JOURNAL_FILE, Journal
 
 def event(event_id: str, source: str = "shop", media: bool = False) -> Event:
     return Event(
-        id=event_id, source=source, provider="wasender", kind="message", event="messages.upsert",
-        raw={"id": event_id}, media=new_media("image/jpeg") if media else None,
+        id=event_id,
+        source=source,
+        provider="wasender",
+        kind="message",
+        event="messages.upsert",
+        raw={"id": event_id},
+        media=new_media("image/jpeg") if media else None,
     )
 
 
@@ -145,3 +150,14 @@ async def test_prune_keeps_events_a_sink_has_not_passed(tmp_path: Path) -> None:
     assert [r.dseq for r in await journal.read_ready(0, 10)] == [3, 4]
     assert await journal.prune(["s1", "never-started"], older_than=1e12) == 0
     await journal.close()
+
+
+def test_timestamps_in_seconds_milliseconds_and_nonsense() -> None:
+    from wahookd.events import rfc3339
+
+    assert rfc3339(1633456789) == "2021-10-05T17:59:49Z"
+    assert rfc3339("1747775431467") == "2025-05-20T21:10:31.467Z"
+    assert rfc3339("2024-05-29T10:00:00.000Z") == "2024-05-29T10:00:00Z"
+    assert rfc3339(10**400) is None
+    assert rfc3339(float("nan")) is None
+    assert rfc3339("soon") is None

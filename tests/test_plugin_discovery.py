@@ -16,11 +16,13 @@ from wahookd.errors import ConfigError, PluginError
 from wahookd.plugins import collect, get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
-GUIDE = ROOT / "docs" / "writing-a-sink.md"
+README = ROOT / "README.md"
 
 
 def guide_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL)
+    """Code blocks of the README's "Writing a sink" section."""
+    section = README.read_text().split("## Writing a sink\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
 
 
 def test_the_redis_plugin_is_installed_and_discovered_through_its_entry_point() -> None:

@@ -74,7 +74,9 @@ def test_defaults_need_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, '[server]\nlisten = "127.0.0.1:1111"\n[sources.shop]\nprovider = "wasender"\nsecret = "a"\n')
+    path = write(
+        tmp_path, '[server]\nlisten = "127.0.0.1:1111"\n[sources.shop]\nprovider = "wasender"\nsecret = "a"\n'
+    )
     monkeypatch.setenv("WAHOOKD_SERVER__LISTEN", "127.0.0.1:2222")
     monkeypatch.setenv("WAHOOKD_SOURCES__SHOP__SECRET", "from-env")
     settings, _ = load_settings(path)
@@ -83,7 +85,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_config_path_comes_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, '[ratelimit]\nrate = 7\n')
+    path = write(tmp_path, "[ratelimit]\nrate = 7\n")
     monkeypatch.setenv("WAHOOKD_CONFIG", str(path))
     settings, used = load_settings(None)
     assert used == path

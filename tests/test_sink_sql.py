@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from wahookd.errors import ConfigError, PermanentDeliveryError, WahookdError
-from wahookd.sinks.sqlstore import SCHEMA_VERSION, SqlSink, database_url, define_tables
 from wahookd.sinks.sql import wahookd_register_sinks as sql_sinks
+from wahookd.sinks.sqlstore import SCHEMA_VERSION, SqlSink, database_url, define_tables
 from wahookd.testing import build_sink, make_event, make_status
 
 [SPEC] = sql_sinks()

@@ -3,12 +3,15 @@
 Module map (the plugin API is `hookspecs`, `errors`, `events`, `providers` and `testing`):
 
 - `cli`        the command line; the only place that exits
+- `admin`      `wahookd status` and `wahookd plugins`; `replay` re-delivers to a sink;
+               `sendtest` posts signed sample webhooks
 - `settings`   configuration (TOML + environment + *_file secrets)
 - `app`        `make_app(...)`: the Tornado application; `handlers` its request handlers
 - `daemon`     `serve(settings)`: startup, signals, drain and shutdown
 - `providers/` one module per WhatsApp API provider: verify, split, normalize
 - `events`     the normalized event (SPEC §4) and shared conversions
 - `ratelimit`  per-client-IP token buckets
+- `rejected`   keeps verified bodies that could not be parsed
 - `journal`    the durable store: events, dedupe LRU, sink positions, dead letters
 - `delivery`   one worker per sink: retries, backoff, dead letters
 - `media`      downloads attachments into the object store before delivery

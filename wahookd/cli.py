@@ -15,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--config", help="TOML file (default $WAHOOKD_CONFIG, then /etc/wahookd/wahookd.toml)")
+        sub.add_argument(
+            "--config", help="TOML file (default $WAHOOKD_CONFIG, then /etc/wahookd/wahookd.toml)"
+        )
         return sub
 
     command("serve", "run the daemon in the foreground (systemd Type=notify)")
@@ -51,9 +53,7 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         return run_send_test
     from wahookd import admin
 
-    return {"replay": admin.run_replay, "status": admin.run_status, "plugins": admin.run_plugins}[
-        command
-    ]
+    return {"replay": admin.run_replay, "status": admin.run_status, "plugins": admin.run_plugins}[command]
 
 
 def check_config(args: argparse.Namespace) -> int:

@@ -50,7 +50,9 @@ def prepare(config: str | None) -> Prepared:
     for name, source in settings.sources.items():
         if source.provider not in registry.providers:
             known = ", ".join(sorted(registry.providers)) or "none"
-            problems.append(f"sources.{name}.provider: unknown provider {source.provider!r} (installed: {known})")
+            problems.append(
+                f"sources.{name}.provider: unknown provider {source.provider!r} (installed: {known})"
+            )
         elif source.verify == "signature" and not source.secret_values():
             problems.append(
                 f"sources.{name}.secret: required (or secret_file / secrets); "
@@ -162,8 +164,7 @@ async def serve(prepared: Prepared) -> int:
         raise WahookdError(f"cannot open the journal in {settings.state.dir}: {exc}") from exc
     tables = settings.effective_sinks()
     workers = [
-        SinkWorker(name, tables[name], sink, journal, metrics)
-        for name, sink in prepared.sinks.items()
+        SinkWorker(name, tables[name], sink, journal, metrics) for name, sink in prepared.sinks.items()
     ]
     for worker in workers:
         await worker.prepare()
@@ -198,7 +199,8 @@ async def serve(prepared: Prepared) -> int:
         if separate_metrics:
             assert settings.server.metrics_listen is not None
             metrics_server = HTTPServer(make_metrics_app(state))
-            metrics_server.listen(*reversed(split_host_port(settings.server.metrics_listen)))
+            metrics_host, metrics_port = split_host_port(settings.server.metrics_listen)
+            metrics_server.listen(metrics_port, metrics_host)
             servers.append(metrics_server)
     except OSError as exc:
         await journal.close()
@@ -215,8 +217,12 @@ async def serve(prepared: Prepared) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     log.info(
-        "listening", listen=settings.server.listen, config=str(prepared.config_path or "(defaults)"),
-        state_dir=str(settings.state.dir), sources=sorted(settings.sources), sinks=sorted(tables),
+        "listening",
+        listen=settings.server.listen,
+        config=str(prepared.config_path or "(defaults)"),
+        state_dir=str(settings.state.dir),
+        sources=sorted(settings.sources),
+        sinks=sorted(tables),
         durability=settings.state.durability,
     )
     for name, source in settings.sources.items():
@@ -237,7 +243,7 @@ async def serve(prepared: Prepared) -> int:
     state.draining = True
     for http_server in servers:
         http_server.stop()
-    while state.inflight and time.monotonic() < deadline:
+    while state.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded poll
         await asyncio.sleep(0.02)
     for http_server in servers:
         await http_server.close_all_connections()
@@ -261,7 +267,7 @@ async def housekeeping(journal: Journal, settings: Settings, metrics: Any, sinks
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
         try:
             cutoff = time.time() - settings.state.retention_days * 86400
-            while await journal.prune(sinks, cutoff) > 0:
+            while await journal.prune(sinks, cutoff) > 0:  # noqa: ASYNC110 - yield between batches
                 await asyncio.sleep(0)
             for sink, count in (await journal.dead_letter_counts()).items():
                 metrics.dead_letters.labels(sink).set(count)

@@ -100,9 +100,7 @@ class SinkWorker:
                     if await self._sleep_or_stop(1.0):
                         break
                     continue
-                self.metrics.sink_backlog.labels(self.name).set(
-                    max(0, self.journal.last_dseq - self.cursor)
-                )
+                self.metrics.sink_backlog.labels(self.name).set(max(0, self.journal.last_dseq - self.cursor))
                 if not batch:
                     if self._stopping.is_set():
                         break
@@ -167,21 +165,24 @@ class SinkWorker:
                 if attempt >= self.table.max_attempts or age >= self.table.max_age:
                     await self._dead_letter(ready, event, attempt, error)
                     return True
-                delay = retry_after if retry_after is not None else backoff_delay(
-                    attempt, self.table.backoff_initial, self.table.backoff_max
+                delay = (
+                    retry_after
+                    if retry_after is not None
+                    else backoff_delay(attempt, self.table.backoff_initial, self.table.backoff_max)
                 )
                 self.metrics.sink_deliveries.labels(self.name, "retry").inc()
                 self.log.warning(
-                    "sink_delivery_failed", event_id=event.get("id"), attempt=attempt,
-                    retry_in=round(delay, 3), error=error,
+                    "sink_delivery_failed",
+                    event_id=event.get("id"),
+                    attempt=attempt,
+                    retry_in=round(delay, 3),
+                    error=error,
                 )
                 if await self._sleep_or_stop(delay):
                     return False
                 continue
             finally:
-                self.metrics.sink_delivery_seconds.labels(self.name).observe(
-                    time.perf_counter() - started
-                )
+                self.metrics.sink_delivery_seconds.labels(self.name).observe(time.perf_counter() - started)
             self.metrics.sink_deliveries.labels(self.name, "delivered").inc()
             return True
 

@@ -112,10 +112,10 @@ def rfc3339(value: Any) -> str | None:
             return format_time(parsed)
     if not isinstance(value, int | float):
         return None
-    seconds = float(value)
-    if seconds > 1e11:
-        seconds /= 1000.0
     try:
+        seconds = float(value)
+        if seconds > 1e11:
+            seconds /= 1000.0
         return format_time(datetime.fromtimestamp(seconds, tz=UTC))
     except (OverflowError, OSError, ValueError):
         return None

@@ -116,20 +116,20 @@ class WebhookHandler(BaseHandler):
             self.retry_after = max(1, math.ceil(wait))
             raise HTTPError(429, reason="rate limited")
         name = self.path_kwargs["source"]
-        self.source = settings.sources.get(name)
-        if self.source is None:
-            self.reject(404, "unknown source")
+        source = self.source = settings.sources.get(name)
+        if source is None:
+            raise self.rejection(404, "unknown source")
         self.source_name = self.label = name
-        self.provider = state.providers.get(self.source.provider)
-        if self.provider is None:  # check-config prevents this; a plugin may vanish
-            self.reject(503, "provider not installed")
-        if self.source.allow_ips and not is_trusted(self.client, self.source.allow_ips):
-            self.reject(401, "address not allowed")
+        provider = self.provider = state.providers.get(source.provider)
+        if provider is None:  # check-config prevents this; a plugin may vanish
+            raise self.rejection(503, "provider not installed")
+        if source.allow_ips and not is_trusted(self.client, source.allow_ips):
+            raise self.rejection(401, "address not allowed")
         if self.request.method != "POST":
             return
         content_type = self.content_type()
         # A missing Content-Type is let through to the provider's parser; a wrong one is not.
-        if content_type and content_type not in self.provider.content_types:
+        if content_type and content_type not in provider.content_types:
             self.reject(415, "unsupported content type")
         declared = self.request.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > settings.server.max_body_bytes:
@@ -150,8 +150,12 @@ class WebhookHandler(BaseHandler):
         return self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
     def reject(self, status: int, reason: str) -> None:
+        raise self.rejection(status, reason)
+
+    def rejection(self, status: int, reason: str) -> HTTPError:
+        """Count the refusal and build the error to raise."""
         self.state.metrics.rejected.labels(self.label, reason.replace(" ", "_")).inc()
-        raise HTTPError(status, reason=reason)
+        return HTTPError(status, reason=reason)
 
     def data_received(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -190,7 +194,8 @@ class WebhookHandler(BaseHandler):
         return f"{scheme}://{host}{request.uri}"
 
     async def get(self, source: str) -> None:
-        assert self.provider is not None and self.source is not None
+        assert self.provider is not None
+        assert self.source is not None
         challenge = self.provider.handshake(self.inbound(b""), self.source)
         if challenge is None:
             self.reject(403, "verification failed")
@@ -198,7 +203,8 @@ class WebhookHandler(BaseHandler):
         self.finish(challenge)
 
     async def post(self, source: str) -> None:
-        assert self.provider is not None and self.source is not None
+        assert self.provider is not None
+        assert self.source is not None
         state = self.state
         if self.body_timer is not None:
             self.body_timer.cancel()
@@ -250,6 +256,11 @@ class WebhookHandler(BaseHandler):
         metrics.request_duration.labels(self.label).observe(elapsed)
         # One canonical line per request.
         log.info(
-            "request", method=self.request.method, source=self.label, status=status,
-            client=self.client, ms=round(elapsed * 1000, 2), **self.outcome,
+            "request",
+            method=self.request.method,
+            source=self.label,
+            status=status,
+            client=self.client,
+            ms=round(elapsed * 1000, 2),
+            **self.outcome,
         )

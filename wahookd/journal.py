@@ -20,6 +20,7 @@ Tables (other processes, e.g. ``wahookd status``, may read them while the daemon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import queue
 import sqlite3
@@ -247,11 +248,10 @@ class Journal:
                 for listener in self._ready_listeners:
                     listener()
 
-        try:
-            # One wake-up of the loop for the whole batch, not one per request.
+        # One wake-up of the loop for the whole batch, not one per request. A closed loop
+        # means nobody waits any more.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(finish)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
 
     def _evict(self, conn: sqlite3.Connection) -> None:
         excess = self.dedupe_entries - self.dedupe_capacity
@@ -280,9 +280,7 @@ class Journal:
                 listener()
         return new, duplicates
 
-    def _insert_events(
-        self, conn: sqlite3.Connection, events: list[Event]
-    ) -> tuple[list[Event], int, bool]:
+    def _insert_events(self, conn: sqlite3.Connection, events: list[Event]) -> tuple[list[Event], int, bool]:
         now = time.time()
         received_at = format_time_from(now)
         new: list[Event] = []
@@ -308,11 +306,10 @@ class Journal:
                 has_media = True
             body = encode(event.to_dict())
             seq = conn.execute(
-                "INSERT INTO events (id, source, kind, received_at, dseq, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (id, source, kind, received_at, dseq, body) VALUES (?, ?, ?, ?, ?, ?)",
                 (event.id, event.source, event.kind, now, dseq, body),
             ).lastrowid
-            if dseq is not None:
+            if dseq is not None and seq is not None:
                 self._fresh.append(ReadyEvent(dseq, seq, body))
             new.append(event)
         return new, duplicates, has_media
@@ -360,7 +357,7 @@ class Journal:
     async def read_ready(self, after: int, limit: int) -> list[ReadyEvent]:
         """Ready events after `after`, in delivery order (from memory when recent)."""
         if after + 1 in self._recent:
-            batch = []
+            batch: list[ReadyEvent] = []
             dseq = after + 1
             while dseq in self._recent and len(batch) < limit:
                 batch.append(self._recent[dseq])
@@ -403,7 +400,7 @@ class Journal:
 
     async def dead_letter_counts(self) -> dict[str, int]:
         rows = await self._read("SELECT sink, count(*) FROM dead_letters GROUP BY sink", ())
-        return {sink: count for sink, count in rows}
+        return dict(rows)
 
     async def prune(self, sinks: Iterable[str], older_than: float, limit: int = 5000) -> int:
         """Delete delivered events older than `older_than` (epoch s) that every sink has passed."""

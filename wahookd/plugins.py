@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import cast
 
 import pluggy
 
@@ -57,7 +58,8 @@ def collect(manager: pluggy.PluginManager) -> Registry:
     sink_owners: dict[str, str] = {}
     for impl in manager.hook.wahookd_register_sinks.get_hookimpls():
         owner = manager.get_name(impl.plugin) or impl.plugin_name
-        for spec in impl.function() or ():
+        specs = cast(list[SinkSpec], impl.function() or [])
+        for spec in specs:
             if spec.name in sinks:
                 raise PluginError(
                     f"sink {spec.name!r} is provided by both {sink_owners[spec.name]} and {owner}"
@@ -68,7 +70,8 @@ def collect(manager: pluggy.PluginManager) -> Registry:
     provider_owners: dict[str, str] = {}
     for impl in manager.hook.wahookd_register_providers.get_hookimpls():
         owner = manager.get_name(impl.plugin) or impl.plugin_name
-        for provider in impl.function() or ():
+        found = cast(list[Provider], impl.function() or [])
+        for provider in found:
             if provider.name in providers:
                 raise PluginError(
                     f"provider {provider.name!r} is provided by both "

@@ -26,7 +26,7 @@ class InboundRequest:
     headers: Mapping[str, str]  # case-insensitive (Tornado's HTTPHeaders)
     body: bytes
     content_type: str = ""  # lower-cased, without parameters
-    query: Mapping[str, list[str]] = field(default_factory=dict)
+    query: Mapping[str, list[bytes]] = field(default_factory=dict)  # as Tornado parses it
     client_ip: str = ""
 
 
