@@ -19,7 +19,7 @@ from wahookd.events import dump_json
 from wahookd.journal import Journal
 from wahookd.metrics import Metrics
 from wahookd.providers import InboundRequest, Provider
-from wahookd.ratelimit import RateLimiter, client_ip, is_trusted
+from wahookd.ratelimit import RateLimiter, TrustCache, client_ip, is_trusted
 from wahookd.rejected import RejectedStore
 from wahookd.settings import Settings, SourceSettings
 
@@ -39,6 +39,10 @@ class AppState:
     rejected: RejectedStore
     draining: bool = False
     inflight: set[Any] = field(default_factory=set)  # webhook requests being handled
+    trusted_peer: TrustCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trusted_peer = TrustCache(self.settings.server.trusted_proxies)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -106,7 +110,7 @@ class WebhookHandler(BaseHandler):
         state = self.state
         settings = state.settings
         peer = self.request.remote_ip or ""
-        self.peer_trusted = is_trusted(peer, settings.server.trusted_proxies)
+        self.peer_trusted = state.trusted_peer(peer)
         forwarded = self.request.headers.get("X-Forwarded-For") if self.peer_trusted else None
         self.client = client_ip(peer, forwarded, settings.server.trusted_proxies) if forwarded else peer
         # The rate limit comes before anything that costs CPU (SPEC §1).
