@@ -233,10 +233,11 @@ class WebhookHandler(BaseHandler):
             # Never a 200 for an event that is not durable, never a 4xx for our own fault.
             self.retry_after = 5
             self.reject(503, "cannot store event")
+        metrics = state.metrics
         for event in new:
-            state.metrics.events.labels(self.source_name, event.kind).inc()
+            metrics.child(metrics.events, self.source_name, event.kind).inc()
         if duplicates:
-            state.metrics.duplicates.labels(self.source_name).inc(duplicates)
+            metrics.child(metrics.duplicates, self.source_name).inc(duplicates)
         self.outcome = {"accepted": len(new), "duplicates": duplicates}
         reply = self.provider.reply(len(new), duplicates)
         if reply is not None:
@@ -256,8 +257,8 @@ class WebhookHandler(BaseHandler):
         elapsed = time.perf_counter() - self.started
         status = self.get_status()
         metrics = self.state.metrics
-        metrics.http_requests.labels(self.label, str(status)).inc()
-        metrics.request_duration.labels(self.label).observe(elapsed)
+        metrics.child(metrics.http_requests, self.label, str(status)).inc()
+        metrics.child(metrics.request_duration, self.label).observe(elapsed)
         # One canonical line per request.
         log.info(
             "request",
