@@ -22,6 +22,7 @@ from wahookd.errors import ConfigError, WahookdError
 from wahookd.hookspecs import Sink, SinkContext
 from wahookd.journal import Journal
 from wahookd.log import configure_logging
+from wahookd.media.stage import MediaStage
 from wahookd.metrics import make_metrics
 from wahookd.plugins import Registry, collect, get_plugin_manager
 from wahookd.ratelimit import RateLimiter
@@ -119,35 +120,6 @@ class TaskSet:
             log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
 
 
-class _PassThroughMedia:
-    """Until the media stage lands: hand media events on unchanged."""
-
-    def __init__(self, journal: Journal) -> None:
-        self.journal = journal
-        self.event = asyncio.Event()
-
-    def wake(self) -> None:
-        self.event.set()
-
-    async def run(self) -> None:
-        while True:
-            self.event.clear()
-            for seq, event in await self.journal.pending_media(100):
-                await self.journal.complete_media(seq, event)
-            await self.event.wait()
-
-    async def close(self) -> None:
-        return None
-
-
-def make_media_stage(settings: Settings, journal: Journal, metrics: Any) -> Any:
-    try:
-        from wahookd.media.stage import MediaStage
-    except ImportError:
-        return _PassThroughMedia(journal)
-    return MediaStage(settings, journal, metrics, structlog.get_logger("wahookd.media"))
-
-
 async def serve(prepared: Prepared) -> int:
     settings = prepared.settings
     metrics = make_metrics()
@@ -170,7 +142,7 @@ async def serve(prepared: Prepared) -> int:
         await worker.prepare()
     for sink, count in (await journal.dead_letter_counts()).items():
         metrics.dead_letters.labels(sink).set(count)
-    media = make_media_stage(settings, journal, metrics)
+    media = MediaStage(settings, journal, metrics, structlog.get_logger("wahookd.media"))
     journal.on_media(media.wake)
 
     from wahookd.handlers import AppState

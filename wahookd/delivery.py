@@ -74,6 +74,8 @@ class SinkWorker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.idle = asyncio.Event()
+        self.seconds = metrics.sink_delivery_seconds.labels(name)
+        self.delivered = metrics.sink_deliveries.labels(name, "delivered")
 
     async def prepare(self) -> None:
         """Start the sink and load its position (before the daemon starts listening)."""
@@ -182,8 +184,8 @@ class SinkWorker:
                     return False
                 continue
             finally:
-                self.metrics.sink_delivery_seconds.labels(self.name).observe(time.perf_counter() - started)
-            self.metrics.sink_deliveries.labels(self.name, "delivered").inc()
+                self.seconds.observe(time.perf_counter() - started)
+            self.delivered.inc()
             return True
 
     async def _sleep_or_stop(self, delay: float) -> bool:

@@ -19,7 +19,7 @@ from wahookd.events import dump_json
 from wahookd.journal import Journal
 from wahookd.metrics import Metrics
 from wahookd.providers import InboundRequest, Provider
-from wahookd.ratelimit import RateLimiter, client_ip, is_trusted
+from wahookd.ratelimit import RateLimiter, TrustCache, client_ip, is_trusted
 from wahookd.rejected import RejectedStore
 from wahookd.settings import Settings, SourceSettings
 
@@ -39,6 +39,10 @@ class AppState:
     rejected: RejectedStore
     draining: bool = False
     inflight: set[Any] = field(default_factory=set)  # webhook requests being handled
+    trusted_peer: TrustCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trusted_peer = TrustCache(self.settings.server.trusted_proxies)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -106,7 +110,7 @@ class WebhookHandler(BaseHandler):
         state = self.state
         settings = state.settings
         peer = self.request.remote_ip or ""
-        self.peer_trusted = is_trusted(peer, settings.server.trusted_proxies)
+        self.peer_trusted = state.trusted_peer(peer)
         forwarded = self.request.headers.get("X-Forwarded-For") if self.peer_trusted else None
         self.client = client_ip(peer, forwarded, settings.server.trusted_proxies) if forwarded else peer
         # The rate limit comes before anything that costs CPU (SPEC §1).
@@ -229,10 +233,11 @@ class WebhookHandler(BaseHandler):
             # Never a 200 for an event that is not durable, never a 4xx for our own fault.
             self.retry_after = 5
             self.reject(503, "cannot store event")
+        metrics = state.metrics
         for event in new:
-            state.metrics.events.labels(self.source_name, event.kind).inc()
+            metrics.child(metrics.events, self.source_name, event.kind).inc()
         if duplicates:
-            state.metrics.duplicates.labels(self.source_name).inc(duplicates)
+            metrics.child(metrics.duplicates, self.source_name).inc(duplicates)
         self.outcome = {"accepted": len(new), "duplicates": duplicates}
         reply = self.provider.reply(len(new), duplicates)
         if reply is not None:
@@ -252,8 +257,8 @@ class WebhookHandler(BaseHandler):
         elapsed = time.perf_counter() - self.started
         status = self.get_status()
         metrics = self.state.metrics
-        metrics.http_requests.labels(self.label, str(status)).inc()
-        metrics.request_duration.labels(self.label).observe(elapsed)
+        metrics.child(metrics.http_requests, self.label, str(status)).inc()
+        metrics.child(metrics.request_duration, self.label).observe(elapsed)
         # One canonical line per request.
         log.info(
             "request",

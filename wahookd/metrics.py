@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -14,6 +15,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 @dataclass(frozen=True)
 class Metrics:
+    """Every wahookd metric. `child(metric, *labels)` remembers labelled children: the
+    label lookup costs more than the increment on the request path."""
+
     registry: CollectorRegistry
     http_requests: Counter
     request_duration: Histogram
@@ -30,6 +34,14 @@ class Metrics:
     media_bytes: Counter
     dedupe_entries: Gauge
     build_info: Info
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 def make_metrics(registry: CollectorRegistry | None = None) -> Metrics:

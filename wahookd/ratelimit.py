@@ -68,6 +68,24 @@ def is_trusted(address: str, trusted: Sequence[IPv4Network | IPv6Network]) -> bo
     return any(ip.version == net.version and ip in net for net in trusted)
 
 
+class TrustCache:
+    """`is_trusted` for peer addresses, remembered: parsing an address on every request
+    costs more than the rest of the rate limit. Bounded like the limiter itself."""
+
+    def __init__(self, trusted: Sequence[IPv4Network | IPv6Network], size: int = 10_000) -> None:
+        self.trusted = trusted
+        self.size = size
+        self._known: dict[str, bool] = {}
+
+    def __call__(self, address: str) -> bool:
+        known = self._known.get(address)
+        if known is None:
+            if len(self._known) >= self.size:
+                self._known.clear()
+            known = self._known[address] = is_trusted(address, self.trusted)
+        return known
+
+
 def _valid(address: str) -> bool:
     try:
         ip_address(address)

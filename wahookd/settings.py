@@ -200,7 +200,9 @@ class SinkSettings(BaseModel):
     types: list[str] | None = Field(None, description="deliver only these message types")
     sources: list[str] | None = Field(None, description="deliver only events of these sources")
     concurrency: int = Field(1, ge=1, le=256, description="deliveries in flight at once")
-    max_attempts: int = Field(10, ge=1, description="tries before an event is dead-lettered")
+    # 25 tries with the default backoff is about 1.5 hours: a target that is down for a
+    # while loses nothing to the dead letters, a poison event still ends there.
+    max_attempts: int = Field(25, ge=1, description="tries before an event is dead-lettered")
     max_age: float = Field(
         86400.0, gt=0, description="seconds after which a failing event is dead-lettered"
     )
