@@ -508,3 +508,28 @@ def test_declared_file_length_over_the_cap_is_refused_without_a_download(
     run_stage(make_settings(tmp_path, max_bytes=len(PHOTO) - 1), journal)
     assert journal.done[1]["media"]["error"] == f"body over max_bytes ({len(PHOTO) - 1})"
     assert host.hits == []
+
+
+def test_evolution_without_inline_base64_decrypts_like_baileys(
+    host: StandIn, tmp_path: Path
+) -> None:
+    media = encrypt_media(PHOTO, b"WhatsApp Document Keys")
+    host.routes["/doc.enc"] = Route(body=media.encrypted)
+    raw = {"key": {"id": "E2"}, "message": {"documentWithCaptionMessage": {"message": {
+        "documentMessage": {**media.baileys(host.url("/doc.enc"), "application/pdf"),
+                            "fileName": "../../etc/passwd"}}}}}
+    journal = MemoryJournal([event("evo", "evolution", raw, mime="application/pdf",
+                                   filename="../../etc/passwd")])
+    settings = make_settings(tmp_path)
+    run_stage(settings, journal)
+    result = journal.done[1]["media"]
+    assert stored_file(settings, result) == PHOTO
+    # The payload's filename is reported, never used for the key.
+    assert result["stored"]["key"] == f"evo/2026/11/26/{hashlib.sha256(PHOTO).hexdigest()}.pdf"
+
+
+def test_provider_without_media_retrieval_completes_with_an_error(tmp_path: Path) -> None:
+    journal = MemoryJournal([event("shop", "standard", {"data": {}})])
+    metrics = run_stage(make_settings(tmp_path), journal)
+    assert journal.done[1]["media"]["error"] == "no media retrieval for provider standard"
+    assert metrics.downloads("shop", "failed") == 1

@@ -114,7 +114,7 @@ class HostPolicy:
 
     @classmethod
     def for_source(cls, provider: str, api_url: str | None, allow: AllowList) -> HostPolicy:
-        configured = ()
+        configured: tuple[str, ...] = ()
         if api_url:
             host = urlsplit(api_url).hostname
             configured = (normalize_host(host),) if host else ()

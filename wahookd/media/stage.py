@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import OrderedDict
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -152,7 +153,10 @@ class MediaStage:
             self._handle(seq, event), name=f"media-{seq}"
         )
         self._tasks[seq] = task
-        task.add_done_callback(lambda _task, seq=seq: self._tasks.pop(seq, None))
+        task.add_done_callback(functools.partial(self._forget, seq))
+
+    def _forget(self, seq: int, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(seq, None)
 
     async def _cancel_tasks(self) -> None:
         tasks = list(self._tasks.values())
