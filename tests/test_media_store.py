@@ -13,7 +13,8 @@ from media_support import s3_server
 from minio import Minio
 
 from wahookd.media.errors import MediaError
-from wahookd.media.store import LocalStore, S3Store, make_store, object_key
+from wahookd.media.s3 import S3Store
+from wahookd.media.store import LocalStore, make_store, object_key
 from wahookd.settings import Settings
 
 DIGEST = hashlib.sha256(b"photo").hexdigest()

@@ -21,10 +21,6 @@ import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from wahookd.media.errors import MediaIntegrityError
 
 MAC_LENGTH = 10
@@ -52,6 +48,11 @@ class MediaKeys:
 
 def derive_keys(media_key: bytes, info: bytes) -> MediaKeys:
     """HKDF-SHA256(mediaKey, salt=empty, info, 112) split into iv, cipher key and MAC key."""
+    # cryptography is imported where it is used: a daemon without encrypted media need not
+    # carry its ~6 MB.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     if len(media_key) != 32:
         raise MediaIntegrityError("mediaKey is not 32 bytes")
     expanded = HKDF(algorithm=hashes.SHA256(), length=112, salt=None, info=info).derive(
@@ -112,6 +113,9 @@ def decrypt_file(
         raise MediaIntegrityError("MAC mismatch")
 
     # Pass 2: decrypt and hash the plaintext.
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     decryptor = Cipher(algorithms.AES(keys.cipher_key), modes.CBC(keys.iv)).decryptor()
     unpadder = padding.PKCS7(128).unpadder()
     digest = hashlib.sha256()
