@@ -83,8 +83,7 @@ def prefill(state_dir: Path, keys: int) -> None:
 
     journal = Journal(state_dir)
     journal.open()
-    journal._jobs.put(None)  # stop the writer; we fill the table directly
-    journal._writer.join()  # type: ignore[union-attr]
+    journal.close_blocking()  # the schema is made; fill the table directly
     conn = sqlite3.connect(state_dir / "journal.db")
     batch = 100_000
     for start in range(0, keys, batch):

