@@ -269,3 +269,18 @@ def test_embedded_defaults_run_and_say_how_to_add_a_source(tmp_path: Path) -> No
     assert "no_sources" in output
     assert "[sources.shop]" in output
     assert (tmp_path / "wahookd-data" / "journal.db").exists()
+
+
+def test_the_same_message_id_on_two_sources_reaches_the_sink_twice(daemon_factory: Any, tmp_path: Path) -> None:
+    # Two of a team's numbers messaging each other: both webhooks carry the same key.id.
+    out = tmp_path / "events.jsonl"
+    config = CONFIG + f'\n[sources.other]\nprovider = "wasender"\nsecret = "{SECRET}"\n' + sink_config(out)
+    daemon: DaemonProcess = daemon_factory(config).start()
+    body = wasender_body("SHARED1")
+    for source in ("shop", "other"):
+        status, answer = post(daemon.port, f"/webhooks/{source}", body, wasender_headers(SECRET))
+        assert (status, json.loads(answer)) == (200, {"accepted": 1, "duplicates": 0})
+    lines = wait_for_lines(out, 2)
+    assert sorted(e["id"] for e in lines) == ["other:SHARED1", "shop:SHARED1"]
+    assert {e["message_id"] for e in lines} == {"SHARED1"}
+    assert daemon.stop() == 0

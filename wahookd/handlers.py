@@ -227,6 +227,10 @@ class WebhookHandler(BaseHandler):
             await state.rejected.save(self.source_name, body, str(exc))
             self.outcome["parse_error"] = str(exc)[:200]
             self.reject(400, "unparseable body")
+        for event in events:
+            # Unique across sources: two of a team's numbers messaging each other see the
+            # same provider message id, and every sink must still get both events.
+            event.id = f"{self.source_name}:{event.id}"
         try:
             new, duplicates = await state.journal.commit(events)
         except JournalError:
