@@ -448,3 +448,18 @@ def test_json_nested_past_the_limit_is_rejected_and_shallower_is_kept() -> None:
     assert parse_body("wasender", deep)[0].kind == "system"
     with pytest.raises(ParseError):
         parse_body("wasender", {"event": "x", "data": json.loads("[" * 100 + "]" * 100)})
+
+
+def test_evolution_system_events_never_carry_the_apikey_to_sinks() -> None:
+    from wahookd.providers import InboundRequest
+    from wahookd.providers.evolution import EvolutionProvider
+    from wahookd.settings import SourceSettings
+
+    body = json.dumps(
+        {"event": "connection.update", "instance": "inst1", "data": {"state": "open"},
+         "date_time": "2024-05-29T10:00:00.000Z", "apikey": "evtok"}
+    ).encode()
+    request = InboundRequest(method="POST", url="", headers={}, body=body, content_type="application/json")
+    [event] = EvolutionProvider().parse(request, "evo", SourceSettings(provider="evolution", secret="evtok"))
+    assert event.kind == "system"
+    assert "evtok" not in json.dumps(event.to_dict())

@@ -93,7 +93,9 @@ class EvolutionProvider(Provider):
             provider="evolution",
             kind="system",
             event=name,
-            raw=body,
+            # The envelope's `apikey` is the instance's API credential (and our shared
+            # token): it must never reach a sink.
+            raw={k: v for k, v in body.items() if k != "apikey"},
         )
         system.timestamp = timestamp(body.get("date_time"))
         return [system]
