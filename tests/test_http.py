@@ -194,7 +194,10 @@ async def test_a_body_over_the_limit_is_413(http_server_client: Any, state: AppS
     assert await journaled(state) == []
 
 
-def test_a_chunked_body_over_the_limit_is_413(http_server: Any, http_server_port: Any, io_loop: Any) -> None:
+@pytest.mark.parametrize("chunks", [5, 200])  # just over the limit, and 3 MB of it
+def test_a_chunked_body_over_the_limit_is_413(
+    http_server: Any, http_server_port: Any, io_loop: Any, state: AppState, chunks: int
+) -> None:
     port = http_server_port[1]
 
     def send() -> bytes:
@@ -204,13 +207,17 @@ def test_a_chunked_body_over_the_limit_is_413(http_server: Any, http_server_port
                 b"X-Webhook-Signature: " + SECRET.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
             )
             chunk = b"x" * 16384
-            for _ in range(5):
-                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            sock.sendall(b"0\r\n\r\n")
+            try:
+                for _ in range(chunks):
+                    sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sock.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass  # the daemon answered and closed while we were still sending
             return sock.recv(4096)
 
     answer = io_loop.run_sync(lambda: io_loop.run_in_executor(None, send))
     assert answer.startswith(b"HTTP/1.1 413")
+    assert answer.endswith(b'{"error": "body too large"}')
 
 
 async def test_verified_but_unparseable_body_is_400_and_kept(
@@ -338,8 +345,9 @@ def test_a_slow_body_is_cut_off_and_others_are_still_served(
                 b"X-Webhook-Signature: " + SECRET.encode() + b'\r\nContent-Length: 100\r\n\r\n{"ev'
             )
             began = time.monotonic()
-            closed = slow.recv(4096)  # b"" once the daemon gives up on the body
+            answer = slow.recv(4096)  # a 408 once the daemon gives up on the body
             waited = time.monotonic() - began
+            closed = slow.recv(4096)  # and then the connection closes
         import http.client
 
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -348,10 +356,18 @@ def test_a_slow_body_is_cut_off_and_others_are_still_served(
         )
         status = conn.getresponse().status
         conn.close()
-        return closed, waited, status
+        return answer, closed, waited, status
 
-    closed, waited, status = io_loop.run_sync(lambda: io_loop.run_in_executor(None, slow_then_fast))
+    answer, closed, waited, status = io_loop.run_sync(lambda: io_loop.run_in_executor(None, slow_then_fast))
+    assert answer.startswith(b"HTTP/1.1 408")
     assert closed == b""
     assert 0.2 < waited < 3
     assert status == 200
     assert not state.inflight
+
+
+async def test_a_path_that_is_not_utf8_is_a_counted_400(http_server_client: Any, state: AppState) -> None:
+    answer = await post(http_server_client, "/webhooks/sh%FFop", b"{}", wasender_headers(SECRET))
+    assert answer.code == 400
+    text = (await http_server_client.fetch("/metrics")).body.decode()
+    assert 'wahookd_http_requests_total{code="400",source="unknown"} 1.0' in text

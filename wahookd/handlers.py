@@ -98,15 +98,20 @@ class WebhookHandler(BaseHandler):
     source: SourceSettings | None
     provider: Provider | None
 
-    def prepare(self) -> None:
+    def initialize(self, state: AppState) -> None:
+        # Set here, not in prepare(): Tornado may answer (e.g. a path that is not UTF-8)
+        # without calling prepare(), and on_finish() still runs.
+        super().initialize(state)
         self.started = time.perf_counter()
-        self.state.inflight.add(self)
         self.label = "unknown"  # metrics label: a configured source name, never the URL's text
         self.outcome: dict[str, Any] = {}
         self.chunks: list[bytes] = []
         self.received = 0
-        self.too_large = False
         self.body_timer: asyncio.TimerHandle | None = None
+        self.client = self.request.remote_ip or ""
+
+    def prepare(self) -> None:
+        self.state.inflight.add(self)
         state = self.state
         settings = state.settings
         peer = self.request.remote_ip or ""
@@ -145,10 +150,15 @@ class WebhookHandler(BaseHandler):
         )
 
     def body_too_slow(self) -> None:
-        log.info("request_body_timeout", source=self.label, client=self.client)
-        self.state.inflight.discard(self)
-        if self.request.connection is not None:
-            self.request.connection.close()  # type: ignore[attr-defined]
+        self.cut_off(408, "request body too slow")
+
+    def cut_off(self, status: int, reason: str) -> None:
+        """Answer before the body is complete; Tornado then closes the connection."""
+        if self._finished:
+            return
+        self.state.metrics.rejected.labels(self.label, reason.replace(" ", "_")).inc()
+        self.chunks.clear()
+        self.send_error(status, reason=reason)
 
     def content_type(self) -> str:
         return self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
@@ -162,11 +172,12 @@ class WebhookHandler(BaseHandler):
         return HTTPError(status, reason=reason)
 
     def data_received(self, chunk: bytes) -> None:
+        if self._finished:  # answered already (413, 408): drop the rest
+            return
         self.received += len(chunk)
         if self.received > self.state.settings.server.max_body_bytes:
-            self.too_large = True  # keep reading (and dropping) so the answer can be sent
-            self.chunks.clear()
-        elif not self.too_large:
+            self.cut_off(413, "body too large")  # chunked bodies declare no length up front
+        else:
             self.chunks.append(chunk)
 
     def inbound(self, body: bytes) -> InboundRequest:
@@ -212,8 +223,8 @@ class WebhookHandler(BaseHandler):
         state = self.state
         if self.body_timer is not None:
             self.body_timer.cancel()
-        if self.too_large:
-            self.reject(413, "body too large")
+        if self._finished:  # cut off while the body arrived
+            return
         if state.draining:
             self.retry_after = 5
             self.reject(503, "shutting down")
