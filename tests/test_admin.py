@@ -191,7 +191,9 @@ def gone_server() -> Iterator[str]:
 
 
 def test_replay_dead_keeps_failures_and_exits_nonzero(tmp_path: Path, gone_server: str) -> None:
-    config = write_config(tmp_path, f'[sinks.crm]\nplugin = "forward"\nurl = "{gone_server}"\n')
+    config = write_config(
+        tmp_path, f'[sinks.crm]\nplugin = "forward"\nurl = "{gone_server}"\nsecret = "s"\n'
+    )
     state = tmp_path / "state"
     fill_journal(state, [], dead={"crm": ["d1", "d2"]})
 

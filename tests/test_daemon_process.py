@@ -271,7 +271,9 @@ def test_embedded_defaults_run_and_say_how_to_add_a_source(tmp_path: Path) -> No
     assert (tmp_path / "wahookd-data" / "journal.db").exists()
 
 
-def test_the_same_message_id_on_two_sources_reaches_the_sink_twice(daemon_factory: Any, tmp_path: Path) -> None:
+def test_the_same_message_id_on_two_sources_reaches_the_sink_twice(
+    daemon_factory: Any, tmp_path: Path
+) -> None:
     # Two of a team's numbers messaging each other: both webhooks carry the same key.id.
     out = tmp_path / "events.jsonl"
     config = CONFIG + f'\n[sources.other]\nprovider = "wasender"\nsecret = "{SECRET}"\n' + sink_config(out)

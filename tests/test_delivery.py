@@ -131,7 +131,7 @@ async def test_retry_after_from_the_target_is_honoured(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     journal.open()
     sink = Recorder(failures=1, error=DeliveryError("429", retry_after=0.3))
-    worker, task = await start(journal, "s", sink, backoff_initial=0.001)
+    worker, task = await start(journal, "s", sink, backoff_initial=0.001, backoff_max=5)
     loop = asyncio.get_running_loop()
     began = loop.time()
     await journal.commit([event("a")])
@@ -183,6 +183,18 @@ async def test_concurrent_delivery_keeps_every_event(tmp_path: Path) -> None:
     await journal.commit([event(f"e{i}") for i in range(100)])
     await settle(worker)
     assert sorted(sink.got) == sorted(f"e{i}" for i in range(100))
+    await stop(worker, task)
+    await journal.close()
+
+
+async def test_a_far_off_retry_after_is_capped_by_backoff_max(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    sink = Recorder(failures=1, error=DeliveryError("503", retry_after=86400))
+    worker, task = await start(journal, "s", sink, backoff_max=0.2)
+    await journal.commit([event("a")])
+    await settle(worker, timeout=3)
+    assert sink.got == ["a"]
     await stop(worker, task)
     await journal.close()
 

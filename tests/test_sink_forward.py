@@ -84,6 +84,8 @@ def status(code: int, headers: dict[str, str] | None = None) -> Respond:
 
 
 async def deliver_to(receiver: Receiver, tmp_path: Path, event: dict[str, Any], **options: Any) -> None:
+    if "secret_file" not in options:
+        options.setdefault("secret", SECRET)
     sink = build_sink(SPEC, {"url": receiver.url, **options}, state_dir=tmp_path)
     assert isinstance(sink, ForwardSink)
     await sink.start()
@@ -125,16 +127,10 @@ def test_raw_secret_signs_with_its_utf8_bytes(tmp_path: Path) -> None:
     run(scenario)
 
 
-def test_without_a_secret_no_signature_header_is_sent(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        receiver = Receiver()
-        await deliver_to(receiver, tmp_path, make_event())
-        receiver.stop()
-        [(headers, _)] = receiver.requests
-        assert "Webhook-Signature" not in headers
-        assert "Webhook-Id" in headers
-
-    run(scenario)
+def test_a_forward_sink_without_a_secret_is_a_config_error(tmp_path: Path) -> None:
+    # SPEC §6: forward signs what it sends, so a receiver can always verify.
+    with pytest.raises(ConfigError, match=r"sinks\.test\.secret: field required"):
+        build_sink(SPEC, {"url": "http://127.0.0.1:9/"}, state_dir=tmp_path)
 
 
 def test_secret_file_is_read_and_used(tmp_path: Path) -> None:
@@ -231,7 +227,8 @@ def test_a_refused_connection_is_a_retryable_error(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
 
     async def scenario() -> None:
-        sink = build_sink(SPEC, {"url": f"http://127.0.0.1:{port}/hook"}, state_dir=tmp_path)
+        options = {"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET}
+        sink = build_sink(SPEC, options, state_dir=tmp_path)
         with pytest.raises(DeliveryError):
             await sink.deliver(make_event())
         await sink.close()  # type: ignore[attr-defined]

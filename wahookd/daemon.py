@@ -8,6 +8,7 @@ import gc
 import os
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -60,11 +61,7 @@ def prepare(config: str | None) -> Prepared:
                 f"sources.{name}.secret: required (or secret_file / secrets); "
                 'to accept unsigned webhooks say verify = "none"'
             )
-    for address in filter(None, (settings.server.listen, settings.server.metrics_listen)):
-        try:
-            split_host_port(address)
-        except ValueError as exc:
-            problems.append(f"server.listen: {exc}")
+
     sinks: dict[str, Sink] = {}
     for name, table in settings.effective_sinks().items():
         context = SinkContext(
@@ -133,8 +130,8 @@ async def serve(prepared: Prepared) -> int:
     )
     try:
         journal.open()
-    except OSError as exc:
-        raise WahookdError(f"cannot open the journal in {settings.state.dir}: {exc}") from exc
+    except (OSError, sqlite3.Error) as exc:
+        raise WahookdError(f"cannot open the journal {journal.path}: {exc}") from exc
     tables = settings.effective_sinks()
     workers = [
         SinkWorker(name, tables[name], sink, journal, metrics) for name, sink in prepared.sinks.items()
@@ -220,7 +217,9 @@ async def serve(prepared: Prepared) -> int:
     state.draining = True
     for http_server in servers:
         http_server.stop()
-    while state.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded poll
+    # Requests get half of the drain time (a stalled body must not eat the sinks' share).
+    requests_deadline = time.monotonic() + settings.server.drain_seconds / 2
+    while state.inflight and time.monotonic() < requests_deadline:  # noqa: ASYNC110 - bounded poll
         await asyncio.sleep(0.02)
     for http_server in servers:
         await http_server.close_all_connections()

@@ -19,7 +19,13 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from wahookd.errors import ConfigError, DeliveryError, JournalError, PermanentDeliveryError
+from wahookd.errors import (
+    ConfigError,
+    DeliveryError,
+    JournalError,
+    PermanentDeliveryError,
+    WahookdError,
+)
 from wahookd.events import load_json
 from wahookd.hookspecs import Sink, SinkContext
 from wahookd.journal import Journal, ReadyEvent
@@ -40,7 +46,10 @@ def build_sink(name: str, table: SinkSettings, registry: Registry, context: Sink
         options = spec.options.model_validate(table.plugin_options())
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, prefix=("sinks", name))) from None
-    return spec.factory(options, context)
+    try:
+        return spec.factory(options, context)
+    except WahookdError as exc:  # the sink refused its options (e.g. an unusable URL)
+        raise ConfigError([f"sinks.{name}.{exc}"]) from None
 
 
 async def call_optional(sink: Any, method: str) -> None:
@@ -167,11 +176,12 @@ class SinkWorker:
                 if attempt >= self.table.max_attempts or age >= self.table.max_age:
                     await self._dead_letter(ready, event, attempt, error)
                     return True
-                delay = (
-                    retry_after
-                    if retry_after is not None
-                    else backoff_delay(attempt, self.table.backoff_initial, self.table.backoff_max)
-                )
+                if retry_after is not None:
+                    # The target's word, within our own limits: a far-off Retry-After must
+                    # not stall this sink past backoff_max or the event's max_age.
+                    delay = max(0.0, min(retry_after, self.table.backoff_max, self.table.max_age - age))
+                else:
+                    delay = backoff_delay(attempt, self.table.backoff_initial, self.table.backoff_max)
                 self.metrics.sink_deliveries.labels(self.name, "retry").inc()
                 self.log.warning(
                     "sink_delivery_failed",

@@ -44,6 +44,8 @@ def find_provider(name: str) -> Provider:
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
     """POST and return (status, reason, body); HTTP errors are answers, not exceptions."""
+    if not url.startswith(("http://", "https://")):
+        raise WahookdError(f"--url must be an http:// or https:// URL, got {url!r}")
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 - the operator's own URL
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as answer:  # noqa: S310

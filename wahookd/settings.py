@@ -12,10 +12,11 @@ import os
 import tomllib
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -28,7 +29,19 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from wahookd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/wahookd/wahookd.toml")
-Network = IPv4Network | IPv6Network
+
+
+def _network(value: Any) -> Any:
+    """An address or CIDR; host bits are allowed (10.0.0.1/8 means 10.0.0.0/8)."""
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    try:
+        return ip_network(str(value), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
+
+
+Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
 
 # The directory `*_file` secrets resolve against when $CREDENTIALS_DIRECTORY is unset.
 # Set by `load_settings` for the duration of one validation.
@@ -80,15 +93,24 @@ class ServerSettings(Section):
         15.0, ge=0, description="on SIGTERM, how long in-flight requests and sinks may finish"
     )
 
-    @property
-    def host_port(self) -> tuple[str, int]:
-        return split_host_port(self.listen)
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+    @model_validator(mode="after")
+    def _two_listeners(self) -> ServerSettings:
+        if self.metrics_listen is not None and self.metrics_listen == self.listen:
+            raise ValueError("metrics_listen must differ from listen (unset it to serve /metrics there)")
+        return self
 
 
 def split_host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected host:port, got {text!r}")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port with a port from 1 to 65535, got {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - explicit ":8080" means all
 
 
@@ -282,6 +304,8 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> tuple[Setti
             raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"{path}: not UTF-8 text"]) from None
         used = path
     elif required:
         raise ConfigError([f"{path}: no such file"])

@@ -44,8 +44,9 @@ class ForwardOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str = Field(description="where to POST each event (http:// or https://)")
-    secret: SecretStr | None = Field(
-        None, description='Standard Webhooks signing secret ("whsec_<base64>" or raw text)'
+    # Required: SPEC §6 has forward sign what it sends, so a receiver can always verify.
+    secret: SecretStr = Field(
+        description='Standard Webhooks signing secret ("whsec_<base64>" or raw text)'
     )
     timeout: float = Field(10.0, gt=0, le=600, description="seconds for one request, all in")
     connect_timeout: float | None = Field(
@@ -70,9 +71,8 @@ class ForwardOptions(BaseModel):
 
     @field_validator("secret")
     @classmethod
-    def _decodable_secret(cls, secret: SecretStr | None) -> SecretStr | None:
-        if secret is not None:
-            signing_key(secret.get_secret_value())  # a bad whsec_ fails at config time
+    def _decodable_secret(cls, secret: SecretStr) -> SecretStr:
+        signing_key(secret.get_secret_value())  # a bad whsec_ fails at config time
         return secret
 
 
@@ -116,7 +116,7 @@ class ForwardSink:
     def __init__(self, options: ForwardOptions, context: SinkContext) -> None:
         self.options = options
         self.log = context.log
-        self.key = signing_key(options.secret.get_secret_value()) if options.secret else None
+        self.key = signing_key(options.secret.get_secret_value())
         self.connect_timeout = options.connect_timeout or min(options.timeout, 5.0)
         self._client: AsyncHTTPClient | None = None
 

@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
 
 from wahookd.errors import DeliveryError, PermanentDeliveryError, WahookdError
 from wahookd.events import STATUS_RANK
@@ -55,7 +55,10 @@ def database_url(options: SqlOptions, state_dir: Path) -> str:
     """The URL to connect to: the default, relative SQLite paths and psycopg filled in."""
     if options.url is None:
         return f"sqlite:///{state_dir / 'events.db'}"
-    url = make_url(options.url.get_secret_value())
+    try:
+        url = make_url(options.url.get_secret_value())
+    except ArgumentError:
+        raise WahookdError("url: not a database URL (sqlite:///events.db, postgresql://host/db)") from None
     backend = url.get_backend_name()
     if backend == "postgres":
         backend = "postgresql"
@@ -65,7 +68,7 @@ def database_url(options: SqlOptions, state_dir: Path) -> str:
         if url.database and url.database != ":memory:" and not Path(url.database).is_absolute():
             url = url.set(database=str(state_dir / url.database))
         return url.render_as_string(hide_password=False)
-    raise WahookdError(f"sql sink: unsupported database {backend!r} (use sqlite or postgresql)")
+    raise WahookdError(f"url: unsupported database {backend!r} (use sqlite or postgresql)")
 
 
 def define_tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
