@@ -179,3 +179,32 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     )
     result = run_cli("check-config", "--config", str(path))
     assert result.returncode == 0, result.stderr
+
+
+def test_check_config_reports_table_problems_even_when_the_file_fails_as_a_whole(tmp_path: Path) -> None:
+    # The README's example: one whole-file problem and two per-table ones, all at once.
+    path = write(
+        tmp_path,
+        '[server]\ncolour = "red"\n[sources.shop]\nprovider = "wasender"\n[sinks.archive]\nplugin = "file"\n',
+    )
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "wahookd: error: server.colour: unknown key",
+        'wahookd: error: sources.shop.secret: required (or secret_file / secrets); to accept unsigned '
+        'webhooks say verify = "none"',
+        "wahookd: error: sinks.archive.path: field required",
+    ]
+
+
+def test_ports_and_networks_get_clear_errors(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nlisten = "127.0.0.1:99999"\ntrusted_proxies = ["notanip", "10.0.0.1/8"]\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.problems == [
+        "server.listen: expected host:port with a port from 1 to 65535, got '127.0.0.1:99999'",
+        "server.trusted_proxies.0: 'notanip' is not an IP address or CIDR network",
+    ]

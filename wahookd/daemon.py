@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 from tornado.httpserver import HTTPServer
 
 from wahookd.app import make_app, make_metrics_app
@@ -29,7 +30,13 @@ from wahookd.metrics import make_metrics
 from wahookd.plugins import Registry, collect, get_plugin_manager
 from wahookd.ratelimit import RateLimiter
 from wahookd.rejected import RejectedStore
-from wahookd.settings import Settings, load_settings, split_host_port
+from wahookd.settings import (
+    Settings,
+    SinkSettings,
+    SourceSettings,
+    load_settings,
+    split_host_port,
+)
 
 log = structlog.get_logger("wahookd.daemon")
 HOUSEKEEPING_SECONDS = 60.0
@@ -46,37 +53,78 @@ class Prepared:
 
 
 def prepare(config: str | None) -> Prepared:
-    """Load and check everything that can be checked before binding a port."""
-    settings, path = load_settings(config)
+    """Load and check everything that can be checked before binding a port.
+
+    Every problem is reported at once: when the file does not validate as a whole, its
+    sources and sinks are still checked one by one.
+    """
     registry = collect(get_plugin_manager())
+    try:
+        settings, path = load_settings(config)
+    except ConfigError as exc:
+        raise ConfigError(unique(exc.problems + table_problems(exc.data or {}, registry))) from None
     problems: list[str] = []
     for name, source in settings.sources.items():
-        if source.provider not in registry.providers:
-            known = ", ".join(sorted(registry.providers)) or "none"
-            problems.append(
-                f"sources.{name}.provider: unknown provider {source.provider!r} (installed: {known})"
-            )
-        elif source.verify == "signature" and not source.secret_values():
-            problems.append(
-                f"sources.{name}.secret: required (or secret_file / secrets); "
-                'to accept unsigned webhooks say verify = "none"'
-            )
-
+        problems.extend(source_problems(name, source, registry))
     sinks: dict[str, Sink] = {}
     for name, table in settings.effective_sinks().items():
-        context = SinkContext(
-            name=name,
-            state_dir=settings.state.dir,
-            durable=settings.state.durability == "fsync",
-            log=structlog.get_logger("wahookd.sink").bind(sink=name),
-        )
         try:
-            sinks[name] = build_sink(name, table, registry, context)
+            sinks[name] = build_sink(name, table, registry, sink_context(name, settings))
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
     return Prepared(settings, path, registry, sinks)
+
+
+def source_problems(name: str, source: SourceSettings, registry: Registry) -> list[str]:
+    if source.provider not in registry.providers:
+        known = ", ".join(sorted(registry.providers)) or "none"
+        return [f"sources.{name}.provider: unknown provider {source.provider!r} (installed: {known})"]
+    if source.verify == "signature" and not source.secret_values():
+        return [
+            f"sources.{name}.secret: required (or secret_file / secrets); "
+            'to accept unsigned webhooks say verify = "none"'
+        ]
+    return []
+
+
+def table_problems(data: dict[str, Any], registry: Registry) -> list[str]:
+    """The per-source and per-sink checks, on the tables of a file that failed as a whole."""
+    problems: list[str] = []
+    try:
+        defaults = Settings()
+    except ValidationError:  # the environment itself is wrong: already reported
+        return problems
+    sources = data.get("sources")
+    for name, table in (sources if isinstance(sources, dict) else {}).items():
+        try:
+            problems.extend(source_problems(name, SourceSettings.model_validate(table), registry))
+        except (ValidationError, ValueError):
+            continue  # already reported by the whole-file validation
+    sinks = data.get("sinks")
+    for name, table in (sinks if isinstance(sinks, dict) else {}).items():
+        try:
+            sink_table = SinkSettings.model_validate(table)
+            build_sink(name, sink_table, registry, sink_context(name, defaults))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except (ValidationError, ValueError):
+            continue
+    return problems
+
+
+def sink_context(name: str, settings: Settings) -> SinkContext:
+    return SinkContext(
+        name=name,
+        state_dir=settings.state.dir,
+        durable=settings.state.durability == "fsync",
+        log=structlog.get_logger("wahookd.sink").bind(sink=name),
+    )
+
+
+def unique(lines: list[str]) -> list[str]:
+    return list(dict.fromkeys(lines))
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@
 Anything else is a bug and keeps its traceback.
 """
 
+from typing import Any
+
 
 class WahookdError(Exception):
     """An operator-facing error: its message is the whole explanation."""
@@ -12,8 +14,9 @@ class WahookdError(Exception):
 class ConfigError(WahookdError):
     """The configuration is invalid; `problems` holds one line per problem."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], data: dict[str, Any] | None = None) -> None:
         self.problems = problems
+        self.data = data  # the parsed TOML, when the file parsed but did not validate
         super().__init__("; ".join(problems))
 
 

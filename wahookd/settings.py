@@ -313,7 +313,7 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> tuple[Setti
     try:
         return Settings(**data), used
     except ValidationError as exc:
-        raise ConfigError(describe_errors(exc)) from None
+        raise ConfigError(describe_errors(exc), data) from None
     finally:
         _config_dir = None
 
