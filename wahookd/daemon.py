@@ -186,8 +186,9 @@ async def serve(prepared: Prepared) -> int:
     ]
     for worker in workers:
         await worker.prepare()
-    for sink, count in (await journal.dead_letter_counts()).items():
-        metrics.dead_letters.labels(sink).set(count)
+    counts = await journal.dead_letter_counts()
+    for name in tables:  # a series for every sink, zero included, so alerts can see it
+        metrics.dead_letters.labels(name).set(counts.get(name, 0))
     media = MediaStage(settings, journal, metrics, structlog.get_logger("wahookd.media"))
     journal.on_media(media.wake)
 
@@ -249,8 +250,8 @@ async def serve(prepared: Prepared) -> int:
     if not settings.sources:
         log.warning(
             "no_sources",
-            hint='add a source to the config file, e.g. [sources.shop] provider = "wasender" '
-            'secret_file = "wasender-secret"; webhooks then go to POST /webhooks/shop',
+            hint='add a source to the config file:\n[sources.shop]\nprovider = "wasender"\n'
+            'secret_file = "wasender-secret"\nthen point the provider at POST /webhooks/shop',
         )
     # Everything built so far lives as long as the process: keep the collector off it, and
     # collect the young generation less often (measured: +5-10% requests/s, lower p99).

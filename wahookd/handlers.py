@@ -67,6 +67,9 @@ class HealthHandler(BaseHandler):
     def get(self) -> None:
         self.write({"status": "ok"})
 
+    def head(self) -> None:
+        self.set_status(200)
+
 
 class ReadyHandler(BaseHandler):
     async def get(self) -> None:

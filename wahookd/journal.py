@@ -241,8 +241,11 @@ class Journal:
             self._evict(conn)
             conn.execute("COMMIT")
         except Exception as exc:
-            if conn.in_transaction:
-                conn.rollback()
+            # A rollback that fails too must not kill the writer: every later commit
+            # would wait forever. The next BEGIN reports what is wrong.
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.rollback()
             self.last_dseq, self._used, self.dedupe_entries = saved
             self._fresh.clear()
             self.healthy = False
