@@ -182,6 +182,8 @@ max_bytes = 0
                 break
             time.sleep(0.2)
         result["sink_lines"] = lines
+        ids = [json.loads(line)["id"] for line in sink_path.read_bytes().splitlines()]
+        result["sink_distinct"] = len(set(ids))
         result["catch_up_s"] = time.monotonic() - began
         result["rss_mb"] = peak_rss_mb(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -215,7 +217,8 @@ def main() -> None:
     kept_up = daemon["sink_lines"] >= daemon["accepted"] and daemon["non2xx"] == 0
     print(
         f"\nwahookd/bare throughput: {daemon['rps'] / bare['rps']:.0%}; non-2xx: {daemon['non2xx']:.0f}; "
-        f"accepted {daemon['accepted']:.0f}, sink lines {daemon['sink_lines']:.0f}, "
+        f"accepted {daemon['accepted']:.0f} (at the end of the load), "
+        f"sink lines {daemon['sink_lines']:.0f} ({daemon['sink_distinct']:.0f} distinct ids), "
         f"backlog at end of load {daemon['backlog_at_end']:.0f}, "
         f"caught up {daemon['catch_up_s']:.1f}s later; "
         f"sink kept up: {'yes' if kept_up else 'NO'}; exit code on SIGTERM {daemon['exit_code']:.0f}; "
