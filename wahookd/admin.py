@@ -16,11 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from wahookd.delivery import build_sink
+from wahookd.delivery import build_sink, sink_context
 from wahookd.errors import WahookdError
-from wahookd.hookspecs import SinkContext
 from wahookd.journal import JOURNAL_FILE
 from wahookd.log import configure_logging
 from wahookd.plugins import collect, get_plugin_manager
@@ -59,15 +56,6 @@ def open_journal(state_dir: Path, *, write: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def sink_context(settings: Settings, name: str) -> SinkContext:
-    return SinkContext(
-        name=name,
-        state_dir=settings.state.dir,
-        durable=settings.state.durability == "fsync",
-        log=structlog.get_logger("wahookd.sink").bind(sink=name),
-    )
-
-
 def run_replay(args: argparse.Namespace) -> int:
     """`wahookd replay [--sink S] [--dead] [--since T]`; exit 1 when any event failed."""
     configure_logging("warning")
@@ -81,7 +69,7 @@ def run_replay(args: argparse.Namespace) -> int:
     since = parse_since(args.since)
     conn = open_journal(settings.state.dir, write=bool(args.dead))
     registry = collect(get_plugin_manager())
-    sinks = {name: build_sink(name, tables[name], registry, sink_context(settings, name)) for name in names}
+    sinks = {name: build_sink(name, tables[name], registry, sink_context(name, settings)) for name in names}
 
     async def replay_all() -> list[ReplayResult]:
         return [

@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from tornado.httpserver import HTTPServer
 
 from wahookd.app import make_app, make_metrics_app
-from wahookd.delivery import SinkWorker, build_sink
+from wahookd.delivery import SinkWorker, build_sink, sink_context
 from wahookd.errors import ConfigError, WahookdError
-from wahookd.hookspecs import Sink, SinkContext
+from wahookd.hookspecs import Sink
 from wahookd.journal import Journal
 from wahookd.log import configure_logging
 from wahookd.media.stage import MediaStage
@@ -112,15 +112,6 @@ def table_problems(data: dict[str, Any], registry: Registry) -> list[str]:
         except (ValidationError, ValueError):
             continue
     return problems
-
-
-def sink_context(name: str, settings: Settings) -> SinkContext:
-    return SinkContext(
-        name=name,
-        state_dir=settings.state.dir,
-        durable=settings.state.durability == "fsync",
-        log=structlog.get_logger("wahookd.sink").bind(sink=name),
-    )
 
 
 def unique(lines: list[str]) -> list[str]:

@@ -31,7 +31,7 @@ from wahookd.hookspecs import Sink, SinkContext
 from wahookd.journal import Journal, ReadyEvent
 from wahookd.metrics import Metrics
 from wahookd.plugins import Registry
-from wahookd.settings import SinkSettings, describe_errors
+from wahookd.settings import Settings, SinkSettings, describe_errors
 
 BATCH = 500
 
@@ -50,6 +50,16 @@ def build_sink(name: str, table: SinkSettings, registry: Registry, context: Sink
         return spec.factory(options, context)
     except WahookdError as exc:  # the sink refused its options (e.g. an unusable URL)
         raise ConfigError([f"sinks.{name}.{exc}"]) from None
+
+
+def sink_context(name: str, settings: Settings) -> SinkContext:
+    """What a sink of this configuration is told about where it runs."""
+    return SinkContext(
+        name=name,
+        state_dir=settings.state.dir,
+        durable=settings.state.durability == "fsync",
+        log=structlog.get_logger("wahookd.sink").bind(sink=name),
+    )
 
 
 async def call_optional(sink: Any, method: str) -> None:

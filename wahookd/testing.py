@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import uuid
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from wahookd.delivery import call_optional
 from wahookd.errors import ConfigError, DeliveryError, PermanentDeliveryError
 from wahookd.events import now_rfc3339
 from wahookd.hookspecs import Sink, SinkContext, SinkSpec, hookimpl
@@ -125,15 +125,6 @@ def build_sink(
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, prefix=("sinks", name))) from None
     return spec.factory(validated, make_context(state_dir, name, durable=durable))
-
-
-async def call_optional(sink: Any, method: str) -> None:
-    """Await ``sink.<method>()`` when the sink defines it (start, flush, close are optional)."""
-    function = getattr(sink, method, None)
-    if function is not None:
-        result = function()
-        if inspect.isawaitable(result):
-            await result
 
 
 async def run_sink(

@@ -30,19 +30,11 @@ from wahookd.media.decrypt import INFO_BY_MESSAGE, MAC_LENGTH, decode_b64, decry
 from wahookd.media.errors import MediaError, MediaIntegrityError, MediaRefused
 from wahookd.media.fetch import Fetcher
 from wahookd.providers import get_path
+from wahookd.providers.baileys import unwrap
 from wahookd.settings import SourceSettings
 
 WHATSAPP_CDN = "https://mmg.whatsapp.net"
 META_GRAPH = "https://graph.facebook.com/v21.0"
-# Baileys wraps some messages; the media object sits one or two levels down.
-BAILEYS_WRAPPERS = (
-    "ephemeralMessage",
-    "viewOnceMessage",
-    "viewOnceMessageV2",
-    "viewOnceMessageV2Extension",
-    "documentWithCaptionMessage",
-    "editedMessage",
-)
 # The cap is on the plaintext; the encrypted file adds up to a padding block and the MAC.
 ENCRYPTION_OVERHEAD = 16 + MAC_LENGTH
 META_MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
@@ -106,22 +98,13 @@ def baileys_message(raw: Any) -> dict[str, Any] | None:
     return None
 
 
-def find_baileys_media(
-    message: dict[str, Any], depth: int = 0
-) -> tuple[str, dict[str, Any]] | None:
-    """(message type, media object), looking through the wrapper messages."""
+def find_baileys_media(message: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(message type, media object), through the wrapper messages the providers unwrap too."""
+    content = unwrap(message)
     for name in INFO_BY_MESSAGE:
-        media = message.get(name)
+        media = content.get(name) if content else None
         if isinstance(media, dict):
             return name, media
-    if depth >= 3:
-        return None
-    for wrapper in BAILEYS_WRAPPERS:
-        inner = get_path(message, wrapper, "message")
-        if isinstance(inner, dict):
-            found = find_baileys_media(inner, depth + 1)
-            if found:
-                return found
     return None
 
 
