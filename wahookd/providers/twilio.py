@@ -156,7 +156,9 @@ class TwilioProvider(Provider):
     def parse(
         self, request: InboundRequest, source_name: str, source: SourceSettings
     ) -> list[Event]:
-        if request.content_type == "application/json":
+        # JSON exactly when verify() took it as JSON: said so, or signed through bodySHA256.
+        signed_body = "bodySHA256=" in (urlsplit(request.url).query if request.url else "")
+        if request.content_type == "application/json" or (not request.content_type and signed_body):
             body = load_json_object(request.body)
             fields = {
                 key: value if isinstance(value, str) else json.dumps(value)
