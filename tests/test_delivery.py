@@ -205,3 +205,34 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     assert 4.0 <= delays[3] <= 8.0
     assert all(d <= 30.0 for d in delays)
     assert json.dumps(delays)
+
+
+class SlowToStart(Recorder):
+    """A sink whose target is down at boot: start() fails twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start_failures = 2
+
+    async def start(self) -> None:
+        if self.start_failures:
+            self.start_failures -= 1
+            raise ConnectionError("database is down")
+
+
+async def test_a_sink_down_at_boot_starts_later_and_the_others_do_not_wait(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    late = SlowToStart()
+    healthy = Recorder()
+    w1, t1 = await start(journal, "late", late, backoff_initial=0.05, backoff_max=0.1)
+    w2, t2 = await start(journal, "healthy", healthy)
+    await journal.commit([event("a"), event("b")])
+    await settle(w2)
+    await settle(w1)
+    assert healthy.got == ["a", "b"]
+    assert late.got == ["a", "b"]
+    assert late.start_failures == 0
+    await stop(w1, t1)
+    await stop(w2, t2)
+    await journal.close()

@@ -22,6 +22,7 @@ from tornado.httpserver import HTTPServer
 from wahookd.app import make_app, make_metrics_app
 from wahookd.delivery import SinkWorker, build_sink, sink_context
 from wahookd.errors import ConfigError, WahookdError
+from wahookd.handlers import AppState
 from wahookd.hookspecs import Sink
 from wahookd.journal import Journal
 from wahookd.log import configure_logging
@@ -177,13 +178,9 @@ async def serve(prepared: Prepared) -> int:
     ]
     for worker in workers:
         await worker.prepare()
-    counts = await journal.dead_letter_counts()
-    for name in tables:  # a series for every sink, zero included, so alerts can see it
-        metrics.dead_letters.labels(name).set(counts.get(name, 0))
+    await refresh_dead_letters(journal, metrics, list(tables))
     media = MediaStage(settings, journal, metrics, structlog.get_logger("wahookd.media"))
     journal.on_media(media.wake)
-
-    from wahookd.handlers import AppState
 
     state = AppState(
         settings=settings,
@@ -277,6 +274,13 @@ async def serve(prepared: Prepared) -> int:
     return 0
 
 
+async def refresh_dead_letters(journal: Journal, metrics: Any, sinks: list[str]) -> None:
+    """A series for every sink, zero included, so alerts see it drop after a replay too."""
+    counts = await journal.dead_letter_counts()
+    for name in sinks:
+        metrics.dead_letters.labels(name).set(counts.get(name, 0))
+
+
 async def housekeeping(journal: Journal, settings: Settings, metrics: Any, sinks: list[str]) -> None:
     """Prune delivered events past the retention and refresh the gauges, once a minute."""
     while True:
@@ -285,8 +289,7 @@ async def housekeeping(journal: Journal, settings: Settings, metrics: Any, sinks
             cutoff = time.time() - settings.state.retention_days * 86400
             while await journal.prune(sinks, cutoff) > 0:  # noqa: ASYNC110 - yield between batches
                 await asyncio.sleep(0)
-            for sink, count in (await journal.dead_letter_counts()).items():
-                metrics.dead_letters.labels(sink).set(count)
+            await refresh_dead_letters(journal, metrics, sinks)
             metrics.dedupe_entries.set(journal.dedupe_entries)
         except WahookdError as exc:
             log.error("housekeeping_failed", error=str(exc))

@@ -97,10 +97,31 @@ class SinkWorker:
         self.delivered = metrics.sink_deliveries.labels(name, "delivered")
 
     async def prepare(self) -> None:
-        """Start the sink and load its position (before the daemon starts listening)."""
-        await call_optional(self.sink, "start")
+        """Load the sink's position (before the daemon starts listening)."""
         self.cursor = await self.journal.cursor(self.name)
         self.journal.on_ready(self._wake.set)
+
+    async def _start(self) -> bool:
+        """Start the sink, retrying while its target is down; False if stopped first.
+
+        A database or broker that is down at boot must not keep the daemon (and the other
+        sinks) from starting: events wait in the journal meanwhile.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await call_optional(self.sink, "start")
+            except Exception as exc:  # the sink boundary
+                delay = backoff_delay(attempt, self.table.backoff_initial, self.table.backoff_max)
+                self.log.error(
+                    "sink_start_failed", attempt=attempt, retry_in=round(delay, 3),
+                    error=str(exc) or type(exc).__name__,
+                )
+                if await self._sleep_or_stop(delay):
+                    return False
+                continue
+            return True
 
     def wake(self) -> None:
         self._wake.set()
@@ -111,6 +132,8 @@ class SinkWorker:
 
     async def run(self) -> None:
         """Deliver until stopped; after `stop()`, finish what is ready (no retry waits), then exit."""
+        if not await self._start():
+            return
         try:
             while True:
                 self._wake.clear()
