@@ -1,10 +1,12 @@
-"""`make_app(state)`: the Tornado application."""
+"""`make_app(state)`: the HTTP routes. `/webhooks/...` goes to the lean intake delegate
+(`wahookd.intake`), everything else to a Tornado application."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import tornado.web
+from tornado.routing import AnyMatches, PathMatches, Rule, RuleRouter
 
 from wahookd.handlers import (
     AppState,
@@ -12,8 +14,8 @@ from wahookd.handlers import (
     HealthHandler,
     MetricsHandler,
     ReadyHandler,
-    WebhookHandler,
 )
+from wahookd.intake import PREFIX, IntakeFactory
 
 
 class NotFoundHandler(BaseHandler):
@@ -25,20 +27,25 @@ def _quiet(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log is replaced by the webhook handler's one line per request."""
 
 
-def make_app(state: AppState, *, with_metrics: bool = True) -> tornado.web.Application:
+def make_app(state: AppState, *, with_metrics: bool = True) -> RuleRouter:
     routes: list[Any] = [
-        (r"/webhooks/(?P<source>[^/]+)/?", WebhookHandler, {"state": state}),
         (r"/healthz", HealthHandler, {"state": state}),
         (r"/readyz", ReadyHandler, {"state": state}),
     ]
     if with_metrics:
         routes.append((r"/metrics", MetricsHandler, {"state": state}))
-    return tornado.web.Application(
+    application = tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args={"state": state},
         log_function=_quiet,
         xsrf_cookies=False,
+    )
+    return RuleRouter(
+        [
+            Rule(PathMatches(PREFIX + r"[^/]+/?$"), IntakeFactory(state)),
+            Rule(AnyMatches(), application),
+        ]
     )
 
 
