@@ -371,3 +371,11 @@ async def test_a_path_that_is_not_utf8_is_a_counted_400(http_server_client: Any,
     assert answer.code == 400
     text = (await http_server_client.fetch("/metrics")).body.decode()
     assert 'wahookd_http_requests_total{code="400",source="unknown"} 1.0' in text
+
+
+async def test_routes_outside_the_webhook_paths_are_json_404(http_server_client: Any) -> None:
+    for path in ("/webhooks/shop/extra", "/webhooks/", "/nope"):
+        answer = await http_server_client.fetch(path, raise_error=False)
+        assert (answer.code, json.loads(answer.body)) == (404, {"error": "not found"}), path
+    answer = await post(http_server_client, "/webhooks/shop/?x=/y", wasender_body("Q1"), wasender_headers(SECRET))
+    assert answer.code == 200

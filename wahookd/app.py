@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import tornado.web
-from tornado.routing import AnyMatches, PathMatches, Rule, RuleRouter
+from tornado import httputil
 
 from wahookd.handlers import (
     AppState,
@@ -27,7 +28,7 @@ def _quiet(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log is replaced by the webhook handler's one line per request."""
 
 
-def make_app(state: AppState, *, with_metrics: bool = True) -> RuleRouter:
+def make_app(state: AppState, *, with_metrics: bool = True) -> Router:
     routes: list[Any] = [
         (r"/healthz", HealthHandler, {"state": state}),
         (r"/readyz", ReadyHandler, {"state": state}),
@@ -41,12 +42,55 @@ def make_app(state: AppState, *, with_metrics: bool = True) -> RuleRouter:
         log_function=_quiet,
         xsrf_cookies=False,
     )
-    return RuleRouter(
-        [
-            Rule(PathMatches(PREFIX + r"[^/]+/?$"), IntakeFactory(state)),
-            Rule(AnyMatches(), application),
-        ]
-    )
+    return Router(IntakeFactory(state), application)
+
+
+class Router(httputil.HTTPServerConnectionDelegate):
+    """`/webhooks/...` to the intake, the rest to the application, decided on the path
+    prefix alone (Tornado's RuleRouter builds a whole request object just to route)."""
+
+    def __init__(self, intake: IntakeFactory, application: tornado.web.Application) -> None:
+        self.intake = intake
+        self.application = application
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        return _Dispatch(self, server_conn, request_conn)
+
+
+class _Dispatch(httputil.HTTPMessageDelegate):
+    def __init__(
+        self, router: Router, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> None:
+        self.router = router
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.delegate: httputil.HTTPMessageDelegate | None = None
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        assert isinstance(start_line, httputil.RequestStartLine)
+        path = start_line.path.split("?", 1)[0]
+        webhook = path.startswith(PREFIX) and path.rstrip("/").count("/") == 2  # /webhooks/{source}
+        target = self.router.intake if webhook else self.router.application
+        self.delegate = target.start_request(self.server_conn, self.request_conn)
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        assert self.delegate is not None
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        assert self.delegate is not None
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        if self.delegate is not None:
+            self.delegate.on_connection_close()
 
 
 def make_metrics_app(state: AppState) -> tornado.web.Application:

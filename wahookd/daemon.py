@@ -25,7 +25,7 @@ from wahookd.errors import ConfigError, WahookdError
 from wahookd.handlers import AppState
 from wahookd.hookspecs import Sink
 from wahookd.journal import Journal
-from wahookd.log import configure_logging
+from wahookd.log import configure_logging, flush_logs
 from wahookd.media.stage import MediaStage
 from wahookd.metrics import make_metrics
 from wahookd.plugins import Registry, collect, get_plugin_manager
@@ -41,6 +41,7 @@ from wahookd.settings import (
 
 log = structlog.get_logger("wahookd.daemon")
 HOUSEKEEPING_SECONDS = 60.0
+LOG_FLUSH_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ async def serve(prepared: Prepared) -> int:
     worker_tasks = [tasks.start(worker.run(), f"sink:{worker.name}") for worker in workers]
     media_task = tasks.start(media.run(), "media")
     tasks.start(housekeeping(journal, settings, metrics, list(tables)), "housekeeping")
+    tasks.start(flush_logs_often(), "flush-logs")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -271,7 +273,15 @@ async def serve(prepared: Prepared) -> int:
     await media.close()
     await journal.close()
     log.info("stopped", unfinished_sinks=len(pending))
+    flush_logs()
     return 0
+
+
+async def flush_logs_often() -> None:
+    """Request lines wait in the stderr buffer (see `log.LineWriter`); write them out soon."""
+    while True:
+        await asyncio.sleep(LOG_FLUSH_SECONDS)
+        flush_logs()
 
 
 async def refresh_dead_letters(journal: Journal, metrics: Any, sinks: list[str]) -> None:
