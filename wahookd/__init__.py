@@ -6,7 +6,8 @@ Module map (the plugin API is `hookspecs`, `errors`, `events`, `providers` and `
 - `admin`      `wahookd status` and `wahookd plugins`; `replay` re-delivers to a sink;
                `sendtest` posts signed sample webhooks
 - `settings`   configuration (TOML + environment + *_file secrets)
-- `app`        `make_app(...)`: the Tornado application; `handlers` its request handlers
+- `app`        `make_app(...)`: routes `/webhooks/...` to `intake` (a lean Tornado message
+               delegate: verify, parse, commit, answer) and the rest to `handlers`
 - `daemon`     `serve(settings)`: startup, signals, drain and shutdown
 - `providers/` one module per WhatsApp API provider: verify, split, normalize
 - `events`     the normalized event (SPEC §4) and shared conversions
