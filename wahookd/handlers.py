@@ -1,4 +1,7 @@
-"""HTTP handlers (SPEC §2). Errors are `HTTPError`s rendered as `{"error": "<reason>"}`."""
+"""The RequestHandlers (/healthz, /readyz, /metrics) and the state every request path shares.
+
+Errors are `HTTPError`s rendered as `{"error": "<reason>"}`; the webhook path is `intake`.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +46,6 @@ class AppState:
 
 class BaseHandler(tornado.web.RequestHandler):
     state: AppState
-    retry_after: int | None = None
 
     def initialize(self, state: AppState) -> None:
         self.state = state
@@ -51,8 +53,6 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Never a stack trace or a secret: the reason is ours, chosen where we raise.
         self.set_header("Content-Type", "application/json")
-        if self.retry_after is not None:  # send_error() cleared the headers set before
-            self.set_header("Retry-After", str(self.retry_after))
         self.finish(json.dumps({"error": self._reason}))
 
     def compute_etag(self) -> None:
