@@ -103,13 +103,8 @@ def rfc3339(value: Any) -> str | None:
         try:
             value = float(text)
         except ValueError:
-            try:
-                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                return None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            return format_time(parsed)
+            parsed = parse_iso(text)
+            return format_time(parsed) if parsed else None
     if not isinstance(value, int | float):
         return None
     try:
@@ -119,6 +114,15 @@ def rfc3339(value: Any) -> str | None:
         return format_time(datetime.fromtimestamp(seconds, tz=UTC))
     except (OverflowError, OSError, ValueError):
         return None
+
+
+def parse_iso(text: str) -> datetime | None:
+    """ISO 8601 (with a Z or an offset; naive means UTC) as an aware datetime, or None."""
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def format_time(moment: datetime) -> str:

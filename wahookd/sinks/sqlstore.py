@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
 
 from wahookd.errors import DeliveryError, PermanentDeliveryError, WahookdError
-from wahookd.events import STATUS_RANK
+from wahookd.events import STATUS_RANK, parse_iso
 from wahookd.hookspecs import SinkContext
 from wahookd.sinks.sql import SqlOptions
 
@@ -124,13 +124,8 @@ def define_tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
 def parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    moment = parse_iso(value)
+    return moment.astimezone(UTC) if moment else None
 
 
 def as_json(value: Any) -> str | None:
