@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from wahookd.events import new_media, phone_digits
+from wahookd.events import Event, new_media, phone_digits
 from wahookd.providers.payload import flag, ident, integer, text
 
 # send-test samples point at a reserved name (RFC 2606): a sample must never make the media
@@ -178,6 +178,12 @@ class Parties:
     sender: str | None
     to: str | None
     from_me: bool | None
+
+
+def apply_parties(event: Event, who: Parties) -> None:
+    """Copy who and where onto an inbound message event."""
+    event.message_id = who.message_id
+    event.chat_id, event.sender, event.to, event.from_me = who.chat_id, who.sender, who.to, who.from_me
 
 
 def parties(key: Any) -> Parties:

@@ -31,6 +31,7 @@ from wahookd.providers.baileys import (
     MEDIA_TYPES,
     OTHER_TYPES,
     SAMPLE_MEDIA_URL,
+    apply_parties,
     classify,
     parties,
     status_name,
@@ -164,13 +165,7 @@ def _message(source_name: str, name: str, data: Any, body: dict[str, Any]) -> Ev
         event=name,
         raw=data,
     )
-    event.message_id = who.message_id
-    event.chat_id, event.sender, event.to, event.from_me = (
-        who.chat_id,
-        who.sender,
-        who.to,
-        who.from_me,
-    )
+    apply_parties(event, who)
     if event.from_me is None and event_key(name) == "send.message":
         event.from_me = True
     if event.from_me:

@@ -27,7 +27,7 @@ from typing import Any
 from wahookd.errors import ParseError
 from wahookd.events import Event, content_id, phone_digits
 from wahookd.providers import InboundRequest, Provider, constant_time_in
-from wahookd.providers.baileys import SAMPLE_MEDIA_URL, classify, parties, status_name
+from wahookd.providers.baileys import SAMPLE_MEDIA_URL, apply_parties, classify, parties, status_name
 from wahookd.providers.payload import header, ident, load_json_object, text, timestamp
 from wahookd.settings import SourceSettings
 
@@ -157,13 +157,7 @@ class _Builder:
         who = parties(item.get("key"))
         content = classify(item.get("message"))
         event = self._event(who.message_id or content_id(self.event, item), "message", item)
-        event.message_id = who.message_id
-        event.chat_id, event.sender, event.to, event.from_me = (
-            who.chat_id,
-            who.sender,
-            who.to,
-            who.from_me,
-        )
+        apply_parties(event, who)
         event.sender_name = text(item.get("pushName"))
         event.type = content.type
         # `messageBody` is Wasender's own flattening of the text.
