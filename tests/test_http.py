@@ -377,5 +377,6 @@ async def test_routes_outside_the_webhook_paths_are_json_404(http_server_client:
     for path in ("/webhooks/shop/extra", "/webhooks/", "/nope"):
         answer = await http_server_client.fetch(path, raise_error=False)
         assert (answer.code, json.loads(answer.body)) == (404, {"error": "not found"}), path
-    answer = await post(http_server_client, "/webhooks/shop/?x=/y", wasender_body("Q1"), wasender_headers(SECRET))
+    body, headers = wasender_body("Q1"), wasender_headers(SECRET)
+    answer = await post(http_server_client, "/webhooks/shop/?x=/y", body, headers)
     assert answer.code == 200

@@ -101,7 +101,7 @@ EXPECTED = {
         {'id': 'wamid.T_BUTTON', 'kind': 'message', 'event': 'messages', 'message_id': 'wamid.T_BUTTON', 'chat_id': '16505551234', 'from': '16505551234', 'to': '15550783881', 'from_me': False, 'sender_name': 'Sheena Nelson', 'type': 'button', 'text': 'Stop promotions', 'timestamp': '2023-11-14T22:13:29Z'},
         {'id': 'wamid.T_REACTION', 'kind': 'message', 'event': 'messages', 'message_id': 'wamid.T_REACTION', 'chat_id': '16505551234', 'from': '16505551234', 'to': '15550783881', 'from_me': False, 'sender_name': 'Sheena Nelson', 'type': 'reaction', 'text': '👍', 'timestamp': '2023-11-14T22:13:30Z'},
         {'id': 'wamid.T_ORDER', 'kind': 'message', 'event': 'messages', 'message_id': 'wamid.T_ORDER', 'chat_id': '16505551234', 'from': '16505551234', 'to': '15550783881', 'from_me': False, 'sender_name': 'Sheena Nelson', 'type': 'unknown', 'timestamp': '2023-11-14T22:13:31Z'},
-        {'id': 'wamid.T_UNSUPPORTED', 'kind': 'message', 'event': 'messages', 'message_id': 'wamid.T_UNSUPPORTED', 'chat_id': '16505551234', 'from': '16505551234', 'to': '15550783881', 'from_me': False, 'sender_name': 'Sheena Nelson', 'type': 'unknown', 'timestamp': '2023-11-14T22:13:32Z'},
+        {'id': 'wamid.T_UNSUPPORTED', 'kind': 'message', 'event': 'messages', 'message_id': 'wamid.T_UNSUPPORTED', 'chat_id': '16505551234', 'from': '16505551234', 'to': '15550783881', 'from_me': False, 'sender_name': 'Sheena Nelson', 'type': 'unknown', 'error': {'code': '131051', 'title': 'Message type unknown', 'message': None}, 'timestamp': '2023-11-14T22:13:32Z'},
     ],
     "meta/unicode-escaped.json": [
         {'id': 'wamid.UNICODE1', 'kind': 'message', 'event': 'messages', 'message_id': 'wamid.UNICODE1', 'chat_id': '34600111222', 'from': '34600111222', 'to': '15550783881', 'from_me': False, 'sender_name': 'José Müller', 'type': 'text', 'text': '¿Tienen café? ☕😀', 'timestamp': '2023-11-14T22:15:00Z'},
@@ -463,3 +463,30 @@ def test_evolution_system_events_never_carry_the_apikey_to_sinks() -> None:
     [event] = EvolutionProvider().parse(request, "evo", SourceSettings(provider="evolution", secret="evtok"))
     assert event.kind == "system"
     assert "evtok" not in json.dumps(event.to_dict())
+
+
+def test_meta_errors_on_unsupported_messages_and_change_values_are_kept() -> None:
+    from wahookd.providers import InboundRequest
+    from wahookd.providers.meta import MetaProvider
+    from wahookd.settings import SourceSettings
+
+    message = {
+        "from": "16505551234", "id": "wamid.U", "timestamp": "1700000000", "type": "unsupported",
+        "errors": [{"code": 131051, "title": "Message type unknown"}],
+    }
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "1"},
+        "messages": [message],
+        "errors": [{"code": 131000, "title": "Something went wrong", "message": "later"}],
+    }
+    change = {"field": "messages", "value": value}
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [change]}]})
+    request = InboundRequest(
+        method="POST", url="", headers={}, body=body.encode(), content_type="application/json"
+    )
+    unsupported, system = MetaProvider().parse(request, "fb", SourceSettings(provider="meta", secret="x"))
+    assert unsupported.type == "unknown"
+    assert unsupported.error == {"code": "131051", "title": "Message type unknown", "message": None}
+    assert system.kind == "system"
+    assert system.error == {"code": "131000", "title": "Something went wrong", "message": "later"}

@@ -235,6 +235,7 @@ def _message(
     else:  # order, system, unsupported, request_welcome, and types Meta adds later
         event.type = "unknown"
         event.text = text(get_path(message, "system", "body"))
+    event.error = first_error(message.get("errors"))  # e.g. 131051 "Unsupported message type"
     return event
 
 
@@ -277,15 +278,20 @@ def _status(source_name: str, status: dict[str, Any], business: str | None) -> E
     event.to = recipient
     event.chat_id = recipient
     event.timestamp = timestamp(status.get("timestamp"))
-    errors = status.get("errors")
+    event.error = first_error(status.get("errors"))
+    return event
+
+
+def first_error(errors: Any) -> dict[str, Any] | None:
+    """Meta's `errors[0]` (on failed statuses, unsupported messages, change values)."""
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         first = errors[0]
-        event.error = {
+        return {
             "code": ident(first.get("code")),
             "title": text(first.get("title")),
             "message": text(first.get("message")) or text(get_path(first, "error_data", "details")),
         }
-    return event
+    return None
 
 
 def _system(source_name: str, field: str, raw: Any) -> Event:
@@ -300,4 +306,5 @@ def _system(source_name: str, field: str, raw: Any) -> Event:
     event.timestamp = timestamp(get_path(raw, "value", "timestamp")) or timestamp(
         get_path(raw, "timestamp")
     )
+    event.error = first_error(get_path(raw, "value", "errors"))
     return event
