@@ -122,14 +122,17 @@ class Journal:
         self.healthy = True
         self.last_dseq = 0
         self.dedupe_entries = 0
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Jobs wait on the loop in `_pending` while the writer commits the previous batch,
+        # then go over as one list: one thread wake-up per batch, not one per request.
+        self._pending: list[_Job] = []
+        self._handing_off = False  # a hand-off is scheduled or the writer holds a batch
+        self._batches: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="journal-read")
         self._local = threading.local()
         self._ready_listeners: list[Callable[[], None]] = []
         self._media_listeners: list[Callable[[], None]] = []
         self._used = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         # Events made ready by the batch being written (writer thread), then handed to
         # `_recent` (loop thread) so caught-up sinks read them without a database round trip.
         self._fresh: list[ReadyEvent] = []
@@ -165,12 +168,18 @@ class Journal:
         self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(JournalError):
+                await self._submit(lambda conn: None)  # everything submitted before is written
         await asyncio.to_thread(self.close_blocking)
 
     def close_blocking(self) -> None:
-        """Finish the queued writes, checkpoint, and stop the threads."""
+        """Stop the threads after the batches handed to the writer, and checkpoint.
+
+        Jobs still waiting on the loop are not written: `close()` waits for them first.
+        """
         if self._writer is not None:
-            self._jobs.put(None)
+            self._batches.put(None)
             self._writer.join()
             self._writer = None
             self._closing.set()
@@ -200,33 +209,28 @@ class Journal:
 
     def _submit(self, work: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        self._loop = loop
         if self._writer is None:
             raise JournalError("journal is closed")
         future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put(_Job(work, future))
+        self._pending.append(_Job(work, future))
+        if not self._handing_off:
+            self._handing_off = True
+            loop.call_soon(self._hand_off)  # after this loop iteration's other requests
         return future
+
+    def _hand_off(self) -> None:
+        """Give the writer every waiting job (on the loop; the writer is idle)."""
+        jobs = self._pending[:MAX_JOBS_PER_COMMIT]
+        del self._pending[:MAX_JOBS_PER_COMMIT]
+        if jobs:
+            self._batches.put(jobs)
+        else:
+            self._handing_off = False
 
     def _write_loop(self) -> None:
         conn = self._writer_conn
-        while True:
-            first = self._jobs.get()
-            if first is None:
-                break
-            jobs = [first]
-            stop = False
-            while len(jobs) < MAX_JOBS_PER_COMMIT:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                jobs.append(job)
+        while (jobs := self._batches.get()) is not None:
             self._run_batch(conn, jobs)
-            if stop:
-                break
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
@@ -276,6 +280,7 @@ class Journal:
                     job.future.set_exception(error)
                 else:
                     job.future.set_result(value)
+            self._hand_off()  # what arrived during this commit is the next batch
             if fresh:
                 for listener in self._ready_listeners:
                     listener()

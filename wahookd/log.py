@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import sys
-from typing import Any, BinaryIO
+import time
+from typing import Any
 
 import orjson
 import structlog
+
+BUFFER_BYTES = 64 * 1024
+# Stderr, buffered (see `LineWriter`), and a text view of it for stdlib logging; made once
+# and kept: a TextIOWrapper that is collected closes the buffer under it.
+_stream: io.BufferedWriter | None = None
+_text: io.TextIOWrapper | None = None
 
 
 def _to_json(value: object, **_: object) -> bytes:
@@ -16,11 +24,12 @@ def _to_json(value: object, **_: object) -> bytes:
 
 
 class LineWriter:
-    """structlog's BytesLogger, except that info and debug lines wait in the stream's buffer
-    (written when it fills, by `flush_logs()` a few times a second, and at exit); warnings
-    and errors are written at once. One write(2) per request was a measurable cost."""
+    """structlog's BytesLogger, except that info and debug lines wait in a buffer (written
+    when it fills, by `flush_logs()` a few times a second, and at exit); warnings and errors
+    are written at once. Python's own stderr is unbuffered at the byte level, and one
+    write(2) per request was a measurable cost."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: io.BufferedWriter) -> None:
         self.stream = stream
 
     def info(self, message: bytes) -> None:
@@ -35,26 +44,51 @@ class LineWriter:
     warn = error = err = critical = fatal = exception = failure = warning
 
 
+def add_timestamp(_: object, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """`timestamp`, as structlog's `TimeStamper(fmt="iso", utc=True)` writes it, with the
+    date and time formatted once a second instead of on every line."""
+    now = time.time()
+    second = int(now)
+    if second != _clock[0]:
+        _clock[0], _clock[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    event["timestamp"] = f"{_clock[1]}.{int((now - second) * 1_000_000):06d}Z"
+    return event
+
+
+_clock: list[Any] = [None, ""]
+
+
 def flush_logs() -> None:
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.flush()
-        sys.stderr.buffer.flush()
+        if _stream is not None:
+            _stream.flush()
 
 
 def configure_logging(level: str = "info", *, json_output: bool | None = None) -> None:
+    global _stream, _text
     if json_output is None:
         json_output = not sys.stderr.isatty()
     processors: list[structlog.types.Processor] = [
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
         structlog.processors.format_exc_info,
     ]
+    handler_stream: Any = sys.stderr
     # The request line is written for every request: orjson straight to bytes, as
     # structlog's performance notes advise, keeps it to a few microseconds.
     if json_output:
         processors.append(structlog.processors.JSONRenderer(serializer=_to_json))
-        writer = LineWriter(sys.stderr.buffer)
+        if _stream is None or _text is None:
+            _stream = io.BufferedWriter(
+                io.FileIO(sys.stderr.fileno(), "wb", closefd=False), BUFFER_BYTES
+            )
+            # Stdlib log records (Tornado's) go through the same buffer, which each one
+            # flushes: lines keep their order.
+            _text = io.TextIOWrapper(_stream, encoding="utf-8", line_buffering=True)
+        writer = LineWriter(_stream)
         factory: Any = lambda *_: writer  # noqa: E731 - structlog wants a factory
+        handler_stream = _text
     else:
         processors.append(structlog.dev.ConsoleRenderer())
         factory = structlog.PrintLoggerFactory(sys.stderr)
@@ -65,4 +99,4 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None) -
         cache_logger_on_first_use=True,
     )
     # Tornado's own loggers (e.g. "Malformed HTTP message") go through the same stream.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=handler_stream, format="%(name)s %(message)s")
