@@ -73,11 +73,15 @@ RECENT_READY = 1024  # ready events kept in memory for sinks that are caught up
 CHECKPOINT_SECONDS = 0.5
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is cut back to after a checkpoint
 JOURNAL_FILE = "journal.db"
+PAGE_BYTES = 8192
 
 
 def connect(path: Path, *, durable: bool = True, cache_kib: int = 2048) -> sqlite3.Connection:
     """A connection with the pragmas every user of the journal needs."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    # Only a new file takes this (a no-op afterwards): an event with its `raw` payload is
+    # 2-3 KB, and 8 KiB pages measured ~20% less CPU per committed event than 4 KiB.
+    conn.execute(f"PRAGMA page_size={PAGE_BYTES}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
     conn.execute(f"PRAGMA cache_size=-{cache_kib}")
@@ -136,6 +140,7 @@ class Journal:
         # Events made ready by the batch being written (writer thread), then handed to
         # `_recent` (loop thread) so caught-up sinks read them without a database round trip.
         self._fresh: list[ReadyEvent] = []
+        self._media_waiting = False  # the batch being written holds events that wait for media
         self._recent: dict[int, ReadyEvent] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -252,19 +257,24 @@ class Journal:
                     conn.rollback()
             self.last_dseq, self._used, self.dedupe_entries = saved
             self._fresh.clear()
+            self._media_waiting = False
             self.healthy = False
             log.error("journal_commit_failed", error=str(exc), jobs=len(jobs))
             error = JournalError(f"journal write failed: {exc}")
-            self._resolve([(job, None, error) for job in jobs], [])
+            self._resolve([(job, None, error) for job in jobs], [], False)
             return
         self.healthy = True
         if self.observe_commit is not None:
             self.observe_commit(time.perf_counter() - started)
         fresh, self._fresh = self._fresh, []
-        self._resolve(results, fresh)
+        media, self._media_waiting = self._media_waiting, False
+        self._resolve(results, fresh, media)
 
     def _resolve(
-        self, results: list[tuple[_Job, Any, BaseException | None]], fresh: list[ReadyEvent]
+        self,
+        results: list[tuple[_Job, Any, BaseException | None]],
+        fresh: list[ReadyEvent],
+        media: bool,
     ) -> None:
         loop = results[0][0].future.get_loop()
 
@@ -283,6 +293,9 @@ class Journal:
             self._hand_off()  # what arrived during this commit is the next batch
             if fresh:
                 for listener in self._ready_listeners:
+                    listener()
+            if media:
+                for listener in self._media_listeners:
                     listener()
 
         # One wake-up of the loop for the whole batch, not one per request. A closed loop
@@ -306,23 +319,21 @@ class Journal:
 
         Raises `JournalError` when the write fails (the caller answers 503).
         """
-        if not events:
-            return [], 0
-        result: tuple[list[Event], int, bool] = await self._submit(
-            lambda conn: self._insert_events(conn, events)
-        )
-        new, duplicates, has_media = result
-        if has_media:
-            for listener in self._media_listeners:
-                listener()
-        return new, duplicates
+        return await self.submit(events)
 
-    def _insert_events(self, conn: sqlite3.Connection, events: list[Event]) -> tuple[list[Event], int, bool]:
+    def submit(self, events: list[Event]) -> asyncio.Future[tuple[list[Event], int]]:
+        """`commit` as a future, for the intake, which answers from a callback."""
+        if not events:
+            done: asyncio.Future[tuple[list[Event], int]] = asyncio.get_running_loop().create_future()
+            done.set_result(([], 0))
+            return done
+        return self._submit(lambda conn: self._insert_events(conn, events))
+
+    def _insert_events(self, conn: sqlite3.Connection, events: list[Event]) -> tuple[list[Event], int]:
         now = time.time()
         received_at = format_time_from(now)
         new: list[Event] = []
         duplicates = 0
-        has_media = False
         for event in events:
             key = dedupe_key(event.source, event.id)
             self._used += 1
@@ -340,7 +351,7 @@ class Journal:
                 dseq: int | None = self.last_dseq
             else:
                 dseq = None
-                has_media = True
+                self._media_waiting = True
             body = encode(event.to_dict())
             seq = conn.execute(
                 "INSERT INTO events (id, source, kind, received_at, dseq, body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -349,7 +360,7 @@ class Journal:
             if dseq is not None and seq is not None:
                 self._fresh.append(ReadyEvent(dseq, seq, body))
             new.append(event)
-        return new, duplicates, has_media
+        return new, duplicates
 
     async def probe(self) -> bool:
         """Try a tiny write; true when the journal accepts writes again."""
