@@ -1,11 +1,13 @@
 """Benchmark: a bare Tornado POST handler vs `wahookd serve`, under the same load, in one run.
 
 Each server is pinned to core 0 and wrk to core 1 (50 connections, distinct ~1.5 KB signed
-Wasender webhooks). wahookd runs with `durability = "fsync"` and a file sink that delivers
-while the load runs; its dedupe index can be pre-filled (`--prefill 1000000`) to show memory
-stays flat. Prints requests/s, p50/p99 latency, peak RSS and whether the sink kept up.
+Wasender webhooks); the load alternates between the two servers in slices, so that the
+shared machine's drift in speed falls on both alike. wahookd runs with
+`durability = "fsync"` and a file sink that delivers while the load runs; its dedupe index
+can be pre-filled (`--prefill 1000000`) to show memory stays flat. Prints requests/s,
+p50/p99 latency, peak RSS and whether the sink kept up.
 
-    .venv/bin/python bench/run.py [--seconds 15] [--prefill 1000000]
+    .venv/bin/python bench/run.py [--seconds 15] [--slices 3] [--prefill 1000000]
 
 Needs `wrk` (Debian: apt-get install wrk). Loopback only; stops by itself.
 """
@@ -20,6 +22,7 @@ import secrets
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,20 +110,14 @@ def dedupe_lookup_us(state_dir: Path, probes: int = 20_000) -> float:
     return elapsed / probes * 1e6
 
 
-def bench_bare(seconds: int, connections: int) -> dict[str, float]:
+def start_bare() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, str(HERE / "bare_server.py"), str(port)])
-    try:
-        time.sleep(0.5)
-        result = run_wrk(f"http://127.0.0.1:{port}/webhooks/bench", seconds, connections)
-        result["rss_mb"] = peak_rss_mb(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
-    return result
+    time.sleep(0.5)
+    return proc, f"http://127.0.0.1:{port}"
 
 
-def bench_wahookd(seconds: int, connections: int, keys: int, workdir: Path) -> dict[str, float]:
+def start_wahookd(keys: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
     state = workdir / "state"
     state.mkdir(parents=True)
@@ -162,44 +159,81 @@ max_bytes = 0
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base + "/healthz", proc)
-        result = run_wrk(base + "/webhooks/bench", seconds, connections)
-        with urllib.request.urlopen(base + "/metrics") as answer:
-            metrics = answer.read().decode()
-        backlog = re.search(r'wahookd_sink_backlog\{sink="archive"\} ([\d.e+]+)', metrics)
-        accepted = sum(
-            float(v)
-            for v in re.findall(r'wahookd_events_total\{kind="message",source="bench"\} ([\d.e+]+)', metrics)
-        )
-        result["backlog_at_end"] = float(backlog.group(1)) if backlog else float("nan")
-        result["accepted"] = accepted
-        began = time.monotonic()
-        lines = 0
-        while time.monotonic() - began < 120:
-            lines = sum(1 for _ in sink_path.open("rb")) if sink_path.exists() else 0
-            if lines >= accepted:
-                break
-            time.sleep(0.2)
-        result["sink_lines"] = lines
-        ids = [json.loads(line)["id"] for line in sink_path.read_bytes().splitlines()]
-        result["sink_distinct"] = len(set(ids))
-        result["catch_up_s"] = time.monotonic() - began
-        result["rss_mb"] = peak_rss_mb(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        result["exit_code"] = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    wait_healthy(base + "/healthz", proc)
+    return proc, base, sink_path
+
+
+def combine(slices: list[dict[str, float]], seconds: float) -> dict[str, float]:
+    """The slices of one server as one run: throughput over all of them, median latencies."""
+    return {
+        "rps": sum(s["requests"] for s in slices) / seconds,
+        "requests": sum(s["requests"] for s in slices),
+        "non2xx": sum(s["non2xx"] for s in slices),
+        "errors": sum(s["errors"] for s in slices),
+        "p50_ms": statistics.median(s["p50_ms"] for s in slices),
+        "p99_ms": statistics.median(s["p99_ms"] for s in slices),
+        "worst_p99_ms": max(s["p99_ms"] for s in slices),
+    }
+
+
+def check_sink(base: str, sink_path: Path) -> dict[str, float]:
+    with urllib.request.urlopen(base + "/metrics") as answer:
+        metrics = answer.read().decode()
+    backlog = re.search(r'wahookd_sink_backlog\{sink="archive"\} ([\d.e+]+)', metrics)
+    accepted = sum(
+        float(v)
+        for v in re.findall(r'wahookd_events_total\{kind="message",source="bench"\} ([\d.e+]+)', metrics)
+    )
+    result = {"backlog_at_end": float(backlog.group(1)) if backlog else float("nan"), "accepted": accepted}
+    began = time.monotonic()
+    lines = 0
+    while time.monotonic() - began < 120:
+        lines = sum(1 for _ in sink_path.open("rb")) if sink_path.exists() else 0
+        if lines >= accepted:
+            break
+        time.sleep(0.2)
+    result["sink_lines"] = lines
+    ids = [json.loads(line)["id"] for line in sink_path.read_bytes().splitlines()]
+    result["sink_distinct"] = len(set(ids))
+    result["catch_up_s"] = time.monotonic() - began
     return result
+
+
+def run(seconds: int, slices: int, connections: int, keys: int, workdir: Path) -> tuple[dict, dict]:
+    """Both servers run side by side on core 0, and the load alternates between them in
+    slices: the shared machine's speed drifts by ±15% over tens of seconds, and running one
+    server after the other would put that drift into the ratio."""
+    bare_proc, bare_url = start_bare()
+    daemon_proc, daemon_url, sink_path = start_wahookd(keys, workdir)
+    try:
+        part = max(1, round(seconds / slices))
+        bare_slices, daemon_slices = [], []
+        for _ in range(slices):
+            bare_slices.append(run_wrk(bare_url + "/webhooks/bench", part, connections))
+            daemon_slices.append(run_wrk(daemon_url + "/webhooks/bench", part, connections))
+        bare = combine(bare_slices, part * slices)
+        bare["rss_mb"] = peak_rss_mb(bare_proc.pid)
+        daemon = combine(daemon_slices, part * slices)
+        daemon["slices_rps"] = [s["requests"] / part for s in daemon_slices]  # type: ignore[assignment]
+        bare["slices_rps"] = [s["requests"] / part for s in bare_slices]  # type: ignore[assignment]
+        daemon.update(check_sink(daemon_url, sink_path))
+        daemon["rss_mb"] = peak_rss_mb(daemon_proc.pid)
+        daemon_proc.send_signal(signal.SIGTERM)
+        daemon["exit_code"] = daemon_proc.wait(60)
+    finally:
+        for proc in (bare_proc, daemon_proc):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return bare, daemon
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--seconds", type=int, default=15, help="load time per server")
+    parser.add_argument("--slices", type=int, default=3, help="alternating slices per server")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--prefill", type=int, default=0, help="dedupe keys to pre-fill")
     args = parser.parse_args()
@@ -207,16 +241,21 @@ def main() -> None:
         raise SystemExit("bench needs wrk: apt-get install wrk")
     workdir = Path(tempfile.mkdtemp(prefix="wahookd-bench-"))
     try:
-        bare = bench_bare(args.seconds, args.connections)
-        daemon = bench_wahookd(args.seconds, args.connections, args.prefill, workdir)
+        bare, daemon = run(args.seconds, args.slices, args.connections, args.prefill, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n{'':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS MB':>13}")
+    print(f"\n{'':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'worst p99':>11}{'peak RSS MB':>13}")
     for name, r in (("bare", bare), ("wahookd", daemon)):
-        print(f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rss_mb']:>13.1f}")
+        print(
+            f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{r['worst_p99_ms']:>11.2f}{r['rss_mb']:>13.1f}"
+        )
     kept_up = daemon["sink_lines"] >= daemon["accepted"] and daemon["non2xx"] == 0
+    ratios = zip(daemon["slices_rps"], bare["slices_rps"], strict=True)
     print(
-        f"\nwahookd/bare throughput: {daemon['rps'] / bare['rps']:.0%}; non-2xx: {daemon['non2xx']:.0f}; "
+        f"\nwahookd/bare throughput: {daemon['rps'] / bare['rps']:.0%} "
+        f"(per slice: {', '.join(f'{d / b:.0%}' for d, b in ratios)}); "
+        f"non-2xx: {daemon['non2xx']:.0f}; "
         f"accepted {daemon['accepted']:.0f} (at the end of the load), "
         f"sink lines {daemon['sink_lines']:.0f} ({daemon['sink_distinct']:.0f} distinct ids), "
         f"backlog at end of load {daemon['backlog_at_end']:.0f}, "
