@@ -42,11 +42,15 @@ def _reject_constant(name: str) -> Any:
     raise ParseError(f"JSON constant {name} is not allowed")
 
 
+# Made once: `json.loads` with any keyword builds a new decoder (and its scanner) per call.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def load_json(body: bytes) -> Any:
     """Decode a JSON body strictly: UTF-8, no NaN/Infinity, no lone surrogates."""
     try:
         text = body.decode("utf-8")
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = _STRICT_DECODER.decode(text)
     except ParseError:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
