@@ -161,3 +161,33 @@ def test_timestamps_in_seconds_milliseconds_and_nonsense() -> None:
     assert rfc3339(10**400) is None
     assert rfc3339(float("nan")) is None
     assert rfc3339("soon") is None
+
+
+async def test_one_batch_of_many_requests_dedupes_across_them_and_keeps_order(tmp_path: Path) -> None:
+    """Concurrent commits share a batch, written with multi-row statements in pieces of up
+    to 256 rows: duplicates within and across requests, media events and sequence numbers
+    must come out as if each request had been committed on its own, in order."""
+    journal = await opened(tmp_path)
+    await journal.commit([event("old")])
+    requests = [[event(f"e{i}"), event(f"e{i}")] for i in range(300)]  # a repeat inside each
+    requests.append([event("old"), event("e7"), event("late", media=True), event("last")])
+    results = await asyncio.gather(*(journal.commit(request) for request in requests))
+    for i, (new, dupes) in enumerate(results[:300]):
+        assert ([e.id for e in new], dupes) == ([f"e{i}"], 1)
+    new, dupes = results[300]
+    assert ([e.id for e in new], dupes) == (["late", "last"], 2)
+    ready = await journal.read_ready(0, 1000)
+    assert [json.loads(r.body)["id"] for r in ready] == ["old", *(f"e{i}" for i in range(300)), "last"]
+    assert [r.dseq for r in ready] == list(range(1, 303))
+    await journal.close()
+
+    with sqlite3.connect(tmp_path / JOURNAL_FILE) as conn:
+        rows = conn.execute("SELECT seq, id, dseq, json_extract(body, '$.id') FROM events").fetchall()
+        assert all(row_id == body_id for _, row_id, _, body_id in rows)  # seq and body agree
+        assert len(rows) == 303
+        assert conn.execute("SELECT count(*) FROM dedupe").fetchone()[0] == 303
+    journal = await opened(tmp_path)
+    new, dupes = await journal.commit([event("e299"), event("late"), event("fresh")])
+    assert ([e.id for e in new], dupes) == (["fresh"], 2)
+    assert journal.last_dseq == 303
+    await journal.close()

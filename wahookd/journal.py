@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import queue
 import sqlite3
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_sink ON dead_letters(sink, id);
 """
 MAX_JOBS_PER_COMMIT = 512
+MAX_ROWS_PER_STATEMENT = 256  # x 6 columns, well under SQLite's 32766 parameters
 RECENT_READY = 1024  # ready events kept in memory for sinks that are caught up
 CHECKPOINT_SECONDS = 0.5
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is cut back to after a checkpoint
@@ -104,8 +106,31 @@ class ReadyEvent:
 
 @dataclass(slots=True)
 class _Job:
-    work: Callable[[sqlite3.Connection], Any]
+    """A write for the writer thread: `work(conn)`, or new `events` to commit, which the
+    writer inserts together with the other events of its batch."""
+
+    work: Callable[[sqlite3.Connection], Any] | None
     future: asyncio.Future[Any]
+    events: list[Event] | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_sql(statement: str, width: int, rows: int) -> str:
+    """`statement` followed by `rows` groups of `width` placeholders."""
+    group = "(" + ", ".join("?" * width) + ")"
+    return statement + " " + ", ".join([group] * rows)
+
+
+def _chunks(count: int) -> list[tuple[int, int]]:
+    """(start, size) pieces of `count` rows, each a power of two up to MAX_ROWS_PER_STATEMENT,
+    so that a handful of statement texts (all in sqlite3's statement cache) cover any count."""
+    pieces = []
+    start = 0
+    while start < count:
+        size = min(MAX_ROWS_PER_STATEMENT, 1 << ((count - start).bit_length() - 1))
+        pieces.append((start, size))
+        start += size
+    return pieces
 
 
 class Journal:
@@ -212,12 +237,14 @@ class Journal:
 
     # -- the writer thread -----------------------------------------------------
 
-    def _submit(self, work: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+    def _submit(
+        self, work: Callable[[sqlite3.Connection], Any] | None, events: list[Event] | None = None
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if self._writer is None:
             raise JournalError("journal is closed")
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Job(work, future))
+        self._pending.append(_Job(work, future, events))
         if not self._handing_off:
             self._handing_off = True
             loop.call_soon(self._hand_off)  # after this loop iteration's other requests
@@ -246,7 +273,11 @@ class Journal:
             conn.execute("BEGIN IMMEDIATE")
             # No savepoint per job: a job fails only when the database does, and then the
             # whole batch fails together (503 for each request in it).
-            results = [(job, job.work(conn), None) for job in jobs]
+            intake = [job for job in jobs if job.events is not None]
+            if intake:
+                outcomes = self._insert_events(conn, intake)
+                results = [(job, outcome, None) for job, outcome in zip(intake, outcomes, strict=True)]
+            results += [(job, job.work(conn), None) for job in jobs if job.work is not None]
             self._evict(conn)
             conn.execute("COMMIT")
         except Exception as exc:
@@ -327,40 +358,88 @@ class Journal:
             done: asyncio.Future[tuple[list[Event], int]] = asyncio.get_running_loop().create_future()
             done.set_result(([], 0))
             return done
-        return self._submit(lambda conn: self._insert_events(conn, events))
+        return self._submit(None, events)
 
-    def _insert_events(self, conn: sqlite3.Connection, events: list[Event]) -> tuple[list[Event], int]:
+    def _insert_events(
+        self, conn: sqlite3.Connection, jobs: list[_Job]
+    ) -> list[tuple[list[Event], int]]:
+        """Commit the events of every intake job in the batch: (new events, duplicates) each.
+
+        A few multi-row statements for the whole batch rather than two per event: every
+        statement releases and retakes the GIL, which the event loop holds most of the time,
+        and each of those hand-overs was a pair of context switches.
+        """
         now = time.time()
         received_at = format_time_from(now)
-        new: list[Event] = []
-        duplicates = 0
-        for event in events:
-            key = dedupe_key(event.source, event.id)
-            self._used += 1
-            inserted = conn.execute(
-                "INSERT OR IGNORE INTO dedupe (key, used) VALUES (?, ?)", (key, self._used)
-            ).rowcount
-            if not inserted:
-                conn.execute("UPDATE dedupe SET used = ? WHERE key = ?", (self._used, key))
-                duplicates += 1
-                continue
-            self.dedupe_entries += 1
-            event.received_at = received_at
-            if event.media is None:
-                self.last_dseq += 1
-                dseq: int | None = self.last_dseq
-            else:
-                dseq = None
-                self._media_waiting = True
-            body = encode(event.to_dict())
-            seq = conn.execute(
-                "INSERT INTO events (id, source, kind, received_at, dseq, body) VALUES (?, ?, ?, ?, ?, ?)",
-                (event.id, event.source, event.kind, now, dseq, body),
-            ).lastrowid
-            if dseq is not None and seq is not None:
-                self._fresh.append(ReadyEvent(dseq, seq, body))
-            new.append(event)
-        return new, duplicates
+        keys = [dedupe_key(event.source, event.id) for job in jobs for event in job.events or ()]
+        known = self._known_keys(conn, keys)
+        dedupe_rows: list[tuple[bytes, int]] = []
+        touched: list[tuple[int, bytes]] = []
+        event_rows: list[tuple[str, str, str, float, int | None, str]] = []
+        outcomes = []
+        position = 0
+        for job in jobs:
+            new: list[Event] = []
+            duplicates = 0
+            for event in job.events or ():
+                key = keys[position]
+                position += 1
+                self._used += 1
+                if key in known:
+                    touched.append((self._used, key))
+                    duplicates += 1
+                    continue
+                known.add(key)
+                dedupe_rows.append((key, self._used))
+                event.received_at = received_at
+                dseq: int | None = None
+                if event.media is None:
+                    self.last_dseq += 1
+                    dseq = self.last_dseq
+                else:
+                    self._media_waiting = True
+                body = encode(event.to_dict())
+                event_rows.append((event.id, event.source, event.kind, now, dseq, body))
+                new.append(event)
+            outcomes.append((new, duplicates))
+        self._insert_rows(conn, "INSERT INTO dedupe (key, used) VALUES", 2, dedupe_rows)
+        self.dedupe_entries += len(dedupe_rows)
+        if touched:
+            conn.executemany("UPDATE dedupe SET used = ? WHERE key = ?", touched)
+        seqs = self._insert_rows(
+            conn,
+            "INSERT INTO events (id, source, kind, received_at, dseq, body) VALUES",
+            6,
+            event_rows,
+        )
+        for row, seq in zip(event_rows, seqs, strict=True):
+            if row[4] is not None:
+                self._fresh.append(ReadyEvent(row[4], seq, row[5]))
+        return outcomes
+
+    @staticmethod
+    def _known_keys(conn: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
+        """Which of `keys` the dedupe index holds."""
+        unique = list(dict.fromkeys(keys))
+        known: set[bytes] = set()
+        for start, size in _chunks(len(unique)):
+            sql = _rows_sql("SELECT key FROM dedupe WHERE key IN", size, 1)  # IN (?, ?, ...)
+            known.update(row[0] for row in conn.execute(sql, unique[start : start + size]))
+        return known
+
+    @staticmethod
+    def _insert_rows(
+        conn: sqlite3.Connection, statement: str, width: int, rows: list[tuple[Any, ...]]
+    ) -> list[int]:
+        """Insert `rows` in a few statements; returns their rowids."""
+        rowids: list[int] = []
+        for start, size in _chunks(len(rows)):
+            values = [value for row in rows[start : start + size] for value in row]
+            last = conn.execute(_rows_sql(statement, width, size), values).lastrowid
+            assert last is not None
+            # One statement takes consecutive rowids: nothing else writes meanwhile.
+            rowids.extend(range(last - size + 1, last + 1))
+        return rowids
 
     async def probe(self) -> bool:
         """Try a tiny write; true when the journal accepts writes again."""
