@@ -1,7 +1,7 @@
 """The `file` sink: one SPEC §4 event per line of a JSONL file, rotated by size.
 
 `deliver()` only buffers the line; `flush()` (called by wahookd before it records the
-sink's position) appends the buffer and fsyncs it when durability is on, in one thread hop. After a crash
+sink's position) appends the buffer and fsyncs it when durability is on. After a crash
 the events since the last recorded position are delivered again, so the sink remembers
 the ids it wrote most recently (read back from the file's tail at start) and skips them:
 the file holds every event once.
@@ -57,20 +57,22 @@ class FileSink:
     async def flush(self) -> None:
         if not self._lines:
             return
-        # One thread hop for the whole append (open, write, fsync, rotate): each hop is a
-        # hand-over of the GIL, and one per file operation was a measurable cost per batch.
-        await asyncio.to_thread(self._append, b"".join(self._lines))
-        self._lines.clear()
-
-    def _append(self, data: bytes) -> None:
-        with self.path.open("ab") as out:
-            out.write(data)
-            out.flush()
+        # The append lands in the page cache, microseconds, so it happens here; only the
+        # fsync, which waits for the disk, goes to a thread. Each thread's system call
+        # hands the GIL over and back, and one per file operation was a measurable cost.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            data = memoryview(b"".join(self._lines))
+            while data:
+                data = data[os.write(fd, data) :]
+            self._lines.clear()  # written: a retry after a failed fsync must not repeat them
             if self.durable:
-                os.fsync(out.fileno())
-            size = out.tell()
+                await asyncio.to_thread(os.fsync, fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
         if self.max_bytes and size >= self.max_bytes:
-            self._rotate()
+            await asyncio.to_thread(self._rotate)
 
     async def close(self) -> None:
         await self.flush()
