@@ -302,6 +302,14 @@ async def test_a_journal_that_cannot_write_answers_503_and_keeps_what_it_had(
     assert len(ids) == 1 + failed.count(200)
 
 
+async def test_a_closed_journal_answers_503_not_500(http_server_client: Any, state: AppState) -> None:
+    state.journal.close_blocking()
+    answer = await post(http_server_client, "/webhooks/shop", wasender_body("LATE"), wasender_headers(SECRET))
+    assert answer.code == 503
+    assert answer.headers["Retry-After"] == "5"
+    assert not state.inflight
+
+
 async def test_draining_refuses_new_webhooks_with_503(http_server_client: Any, state: AppState) -> None:
     state.draining = True
     answer = await post(http_server_client, "/webhooks/shop", wasender_body("D1"), wasender_headers(SECRET))

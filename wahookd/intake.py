@@ -248,8 +248,12 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
             # Unique across sources: two of a team's numbers messaging each other see the
             # same provider message id, and every sink must still get both events.
             event.id = f"{self.source_name}:{event.id}"
+        try:
+            future = state.journal.submit(events)
+        except JournalError:  # closed under us: as any other failure to store, a 503
+            raise Rejected(503, "cannot store event", retry_after=5) from None
         self.waiting = True
-        state.journal.submit(events).add_done_callback(self.committed)
+        future.add_done_callback(self.committed)
 
     async def keep_rejected(self, body: bytes, reason: str) -> None:
         try:
