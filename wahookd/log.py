@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
@@ -47,15 +48,18 @@ class LineWriter:
 def add_timestamp(_: object, __: str, event: dict[str, Any]) -> dict[str, Any]:
     """`timestamp`, as structlog's `TimeStamper(fmt="iso", utc=True)` writes it, with the
     date and time formatted once a second instead of on every line."""
+    global _clock
     now = time.time()
-    second = int(now)
-    if second != _clock[0]:
-        _clock[0], _clock[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    event["timestamp"] = f"{_clock[1]}.{int((now - second) * 1_000_000):06d}Z"
+    second, formatted = _clock
+    if int(now) != second:
+        second = int(now)
+        formatted = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _clock = (second, formatted)  # one assignment: other threads see both or neither
+    event["timestamp"] = f"{formatted}.{int((now - second) * 1_000_000):06d}Z"
     return event
 
 
-_clock: list[Any] = [None, ""]
+_clock: tuple[int, str] = (-1, "")
 
 
 def flush_logs() -> None:
@@ -86,6 +90,7 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None) -
             # Stdlib log records (Tornado's) go through the same buffer, which each one
             # flushes: lines keep their order.
             _text = io.TextIOWrapper(_stream, encoding="utf-8", line_buffering=True)
+            atexit.register(flush_logs)
         writer = LineWriter(_stream)
         factory: Any = lambda *_: writer  # noqa: E731 - structlog wants a factory
         handler_stream = _text

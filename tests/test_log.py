@@ -1,0 +1,46 @@
+"""Logging: JSON lines through wahookd's own buffer, in order, with structlog's timestamps."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+import structlog
+
+from wahookd.log import add_timestamp
+
+SCRIPT = """
+import logging, structlog
+from wahookd.log import configure_logging
+configure_logging()
+log = structlog.get_logger("wahookd.test")
+log.info("first", n=1)
+logging.getLogger("tornado.general").warning("from stdlib")
+for n in range(2000):
+    log.info("request", n=n)
+log.error("last")
+"""
+
+
+def test_json_lines_are_buffered_yet_complete_and_in_order() -> None:
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, timeout=60, check=True)
+    lines = done.stderr.decode().splitlines()
+    assert lines[1] == "tornado.general from stdlib"  # the stdlib line after the first one
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [r["event"] for r in records[:2]] == ["first", "request"]
+    assert [r["n"] for r in records[1:-1]] == list(range(2000))  # nothing lost at exit
+    assert records[-1]["event"] == "last"
+    assert records[-1]["level"] == "error"
+
+
+def test_timestamps_read_as_structlogs_own() -> None:
+    ours = add_timestamp(None, "info", {})["timestamp"]
+    theirs = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"]
+    pattern = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
+    assert re.fullmatch(pattern, ours)
+    assert re.fullmatch(pattern, theirs)
+    gap = datetime.fromisoformat(theirs) - datetime.fromisoformat(ours)
+    assert timedelta(0) <= gap < timedelta(seconds=1)
