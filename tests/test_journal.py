@@ -163,11 +163,16 @@ def test_timestamps_in_seconds_milliseconds_and_nonsense() -> None:
     assert rfc3339("soon") is None
 
 
-async def test_one_batch_of_many_requests_dedupes_across_them_and_keeps_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variable_limit", [None, 999])  # 999: SQLite before 3.32
+async def test_one_batch_of_many_requests_dedupes_across_them_and_keeps_order(
+    tmp_path: Path, variable_limit: int | None
+) -> None:
     """Concurrent commits share a batch, written with multi-row statements in pieces of up
     to 256 rows: duplicates within and across requests, media events and sequence numbers
     must come out as if each request had been committed on its own, in order."""
     journal = await opened(tmp_path)
+    if variable_limit:
+        journal._writer_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
     await journal.commit([event("old")])
     requests = [[event(f"e{i}"), event(f"e{i}")] for i in range(300)]  # a repeat inside each
     requests.append([event("old"), event("e7"), event("late", media=True), event("last")])

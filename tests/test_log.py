@@ -22,18 +22,21 @@ logging.getLogger("tornado.general").warning("from stdlib")
 for n in range(2000):
     log.info("request", n=n)
 log.error("last")
+log.info("buffered")
+raise SystemExit("wahookd: error: the end")
 """
 
 
 def test_json_lines_are_buffered_yet_complete_and_in_order() -> None:
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, timeout=60, check=True)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, timeout=60)
     lines = done.stderr.decode().splitlines()
+    assert lines[-1] == "wahookd: error: the end"  # after every earlier line
     assert lines[1] == "tornado.general from stdlib"  # the stdlib line after the first one
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert [r["event"] for r in records[:2]] == ["first", "request"]
-    assert [r["n"] for r in records[1:-1]] == list(range(2000))  # nothing lost at exit
-    assert records[-1]["event"] == "last"
-    assert records[-1]["level"] == "error"
+    assert [r["n"] for r in records[1:-2]] == list(range(2000))  # nothing lost at exit
+    assert [r["event"] for r in records[-2:]] == ["last", "buffered"]
+    assert records[-2]["level"] == "error"
 
 
 def test_timestamps_read_as_structlogs_own() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
+import pytest
 import structlog
 
 from wahookd.hookspecs import SinkContext
@@ -60,3 +63,53 @@ async def test_the_file_rotates_past_max_bytes(tmp_path: Path) -> None:
     # Oldest files dropped, the rest in order: a contiguous tail ending with the last event.
     assert kept == [f"e{i}" for i in range(30 - len(kept), 30)]
     assert len(kept) >= 8
+
+
+async def test_a_failed_fsync_is_retried_before_the_batch_counts_as_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lines are written once; the retry (the worker calls flush again, the redelivered
+    ids being skipped) must still fsync them before it reports success."""
+    synced: list[int] = []
+
+    def failing_once(fd: int) -> None:
+        synced.append(fd)
+        if len(synced) == 1:
+            raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing_once)
+    sink = make(tmp_path)
+    await sink.start()
+    await sink.deliver({"id": "a"})
+    with pytest.raises(OSError, match="I/O error"):
+        await sink.flush()
+    await sink.deliver({"id": "a"})  # redelivered: already written, so skipped
+    await sink.flush()
+    assert len(synced) == 2
+    assert lines(tmp_path / "events.jsonl") == [{"id": "a"}]
+
+
+async def test_a_write_cut_short_by_a_full_disk_leaves_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = make(tmp_path)
+    await sink.start()
+    await sink.deliver({"id": "a"})
+    await sink.flush()
+    real_write = os.write
+    calls: list[int] = []
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    await sink.deliver({"id": "b", "text": "x" * 100})
+    with pytest.raises(OSError, match="No space"):
+        await sink.flush()
+    monkeypatch.setattr(os, "write", real_write)
+    assert lines(tmp_path / "events.jsonl") == [{"id": "a"}]  # cut back to whole lines
+    await sink.flush()  # the retry, once there is room
+    assert [e["id"] for e in lines(tmp_path / "events.jsonl")] == ["a", "b"]

@@ -76,10 +76,13 @@ class IntakeFactory(httputil.HTTPServerConnectionDelegate):
         for request in list(self.state.inflight):
             if request.body_deadline is None:
                 continue
-            if request.body_deadline <= now:
-                request.body_too_slow()
-            else:
+            if request.body_deadline > now:
                 receiving = True
+                continue
+            try:
+                request.body_too_slow()
+            except Exception:  # one request's failure must not stop the sweeping
+                log.exception("request_failed", source=request.label)
         self.sweeping = receiving
         if receiving:
             asyncio.get_running_loop().call_later(self.sweep_seconds(), self.sweep)
@@ -258,9 +261,8 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
     async def keep_rejected(self, body: bytes, reason: str) -> None:
         try:
             await self.state.rejected.save(self.source_name, body, reason)
-        except Exception:  # keeping the evidence must never turn a 400 into a 500
-            log.exception("rejected_store_failed", source=self.label)
-        self.reject(Rejected(400, "unparseable body"))
+        finally:
+            self.reject(Rejected(400, "unparseable body"))
 
     def committed(self, future: asyncio.Future[tuple[list[Event], int]]) -> None:
         try:

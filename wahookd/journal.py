@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_sink ON dead_letters(sink, id);
 """
 MAX_JOBS_PER_COMMIT = 512
-MAX_ROWS_PER_STATEMENT = 256  # x 6 columns, well under SQLite's 32766 parameters
+MAX_ROWS_PER_STATEMENT = 256
 RECENT_READY = 1024  # ready events kept in memory for sinks that are caught up
 CHECKPOINT_SECONDS = 0.5
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is cut back to after a checkpoint
@@ -115,22 +115,34 @@ class _Job:
 
 
 @functools.lru_cache(maxsize=64)
+def _placeholders(count: int) -> str:
+    """`(?, ?, ...)` with `count` marks."""
+    return "(" + ", ".join("?" * count) + ")"
+
+
+@functools.lru_cache(maxsize=64)
 def _rows_sql(statement: str, width: int, rows: int) -> str:
     """`statement` followed by `rows` groups of `width` placeholders."""
-    group = "(" + ", ".join("?" * width) + ")"
-    return statement + " " + ", ".join([group] * rows)
+    return statement + " " + ", ".join([_placeholders(width)] * rows)
 
 
-def _chunks(count: int) -> list[tuple[int, int]]:
-    """(start, size) pieces of `count` rows, each a power of two up to MAX_ROWS_PER_STATEMENT,
-    so that a handful of statement texts (all in sqlite3's statement cache) cover any count."""
+def _chunks(count: int, most: int) -> list[tuple[int, int]]:
+    """(start, size) pieces of `count` rows, each a power of two up to `most`, so that a
+    handful of statement texts (all in sqlite3's statement cache) cover any count."""
     pieces = []
     start = 0
     while start < count:
-        size = min(MAX_ROWS_PER_STATEMENT, 1 << ((count - start).bit_length() - 1))
+        size = min(most, 1 << ((count - start).bit_length() - 1))
         pieces.append((start, size))
         start += size
     return pieces
+
+
+def _rows_per_statement(conn: sqlite3.Connection, width: int) -> int:
+    """The most rows of `width` values one statement may bind: a power of two, within
+    SQLite's parameter limit (999 before SQLite 3.32, 32766 since)."""
+    fits = min(MAX_ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    return 1 << (fits.bit_length() - 1)
 
 
 class Journal:
@@ -157,6 +169,7 @@ class Journal:
         self._handing_off = False  # a hand-off is scheduled or the writer holds a batch
         self._batches: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._closed = False
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="journal-read")
         self._local = threading.local()
         self._ready_listeners: list[Callable[[], None]] = []
@@ -201,6 +214,7 @@ class Journal:
         if self._writer is not None:
             with contextlib.suppress(JournalError):
                 await self._submit(lambda conn: None)  # everything submitted before is written
+        self._closed = True
         await asyncio.to_thread(self.close_blocking)
 
     def close_blocking(self) -> None:
@@ -208,6 +222,7 @@ class Journal:
 
         Jobs still waiting on the loop are not written: `close()` waits for them first.
         """
+        self._closed = True  # later writes fail at once rather than wait forever
         if self._writer is not None:
             self._batches.put(None)
             self._writer.join()
@@ -241,7 +256,7 @@ class Journal:
         self, work: Callable[[sqlite3.Connection], Any] | None, events: list[Event] | None = None
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        if self._writer is None:
+        if self._writer is None or self._closed:
             raise JournalError("journal is closed")
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Job(work, future, events))
@@ -422,8 +437,8 @@ class Journal:
         """Which of `keys` the dedupe index holds."""
         unique = list(dict.fromkeys(keys))
         known: set[bytes] = set()
-        for start, size in _chunks(len(unique)):
-            sql = _rows_sql("SELECT key FROM dedupe WHERE key IN", size, 1)  # IN (?, ?, ...)
+        for start, size in _chunks(len(unique), _rows_per_statement(conn, 1)):
+            sql = "SELECT key FROM dedupe WHERE key IN " + _placeholders(size)  # noqa: S608 - marks only
             known.update(row[0] for row in conn.execute(sql, unique[start : start + size]))
         return known
 
@@ -431,12 +446,12 @@ class Journal:
     def _insert_rows(
         conn: sqlite3.Connection, statement: str, width: int, rows: list[tuple[Any, ...]]
     ) -> list[int]:
-        """Insert `rows` in a few statements; returns their rowids."""
+        """Insert `rows` in a few statements; returns their rowids (for a rowid table: the
+        dedupe table has none, and its caller ignores them)."""
         rowids: list[int] = []
-        for start, size in _chunks(len(rows)):
+        for start, size in _chunks(len(rows), _rows_per_statement(conn, width)):
             values = [value for row in rows[start : start + size] for value in row]
-            last = conn.execute(_rows_sql(statement, width, size), values).lastrowid
-            assert last is not None
+            last = conn.execute(_rows_sql(statement, width, size), values).lastrowid or 0
             # One statement takes consecutive rowids: nothing else writes meanwhile.
             rowids.extend(range(last - size + 1, last + 1))
         return rowids

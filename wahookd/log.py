@@ -27,8 +27,9 @@ def _to_json(value: object, **_: object) -> bytes:
 class LineWriter:
     """structlog's BytesLogger, except that info and debug lines wait in a buffer (written
     when it fills, by `flush_logs()` a few times a second, and at exit); warnings and errors
-    are written at once. Python's own stderr is unbuffered at the byte level, and one
-    write(2) per request was a measurable cost."""
+    are written at once. The buffer is wahookd's own: with PYTHONUNBUFFERED (common in
+    containers) Python's stderr has none, and one write(2) per request was a measurable
+    cost."""
 
     def __init__(self, stream: io.BufferedWriter) -> None:
         self.stream = stream
@@ -87,9 +88,13 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None) -
             _stream = io.BufferedWriter(
                 io.FileIO(sys.stderr.fileno(), "wb", closefd=False), BUFFER_BYTES
             )
-            # Stdlib log records (Tornado's) go through the same buffer, which each one
-            # flushes: lines keep their order.
-            _text = io.TextIOWrapper(_stream, encoding="utf-8", line_buffering=True)
+            # Stdlib log records (Tornado's), tracebacks and the CLI's error line go through
+            # the same buffer, which each of their lines flushes: lines keep their order.
+            _text = io.TextIOWrapper(
+                _stream, encoding="utf-8", errors="backslashreplace", line_buffering=True
+            )
+            if sys.stderr is sys.__stderr__:  # not a test's capture
+                sys.stderr = _text
             atexit.register(flush_logs)
         writer = LineWriter(_stream)
         factory: Any = lambda *_: writer  # noqa: E731 - structlog wants a factory

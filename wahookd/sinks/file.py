@@ -10,6 +10,7 @@ the file holds every event once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -40,6 +41,7 @@ class FileSink:
         self.backups = options.backups
         self.durable = context.durable
         self._lines: list[bytes] = []
+        self._unsynced = False  # written but not yet fsynced
         self._recent: OrderedDict[str, None] = OrderedDict()
 
     async def start(self) -> None:
@@ -55,24 +57,51 @@ class FileSink:
         self._lines.append(dump_json(event) + b"\n")
 
     async def flush(self) -> None:
-        if not self._lines:
+        if not self._lines and not self._unsynced:
             return
         # The append lands in the page cache, microseconds, so it happens here; only the
         # fsync, which waits for the disk, goes to a thread. Each thread's system call
         # hands the GIL over and back, and one per file operation was a measurable cost.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            data = memoryview(b"".join(self._lines))
-            while data:
-                data = data[os.write(fd, data) :]
-            self._lines.clear()  # written: a retry after a failed fsync must not repeat them
-            if self.durable:
-                await asyncio.to_thread(os.fsync, fd)
+            if self._lines:
+                self._append(fd, b"".join(self._lines))
+                self._lines.clear()  # written: a retry must not append them again...
+                self._unsynced = self.durable  # ...but must still make them durable
             size = os.fstat(fd).st_size
-        finally:
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._unsynced:
+            # fsync and close together in the thread: a cancelled flush must not close
+            # the file under a running fsync.
+            await asyncio.to_thread(self._sync_and_close, fd)
+            self._unsynced = False
+        else:
             os.close(fd)
         if self.max_bytes and size >= self.max_bytes:
             await asyncio.to_thread(self._rotate)
+
+    @staticmethod
+    def _append(fd: int, data: bytes) -> None:
+        """Write all of `data`, or nothing: a failed write (a full disk) is cut back off,
+        so the retry leaves no torn line."""
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+
+    @staticmethod
+    def _sync_and_close(fd: int) -> None:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     async def close(self) -> None:
         await self.flush()
