@@ -8,6 +8,7 @@ import io
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -46,7 +47,7 @@ class LineWriter:
     warn = error = err = critical = fatal = exception = failure = warning
 
 
-def add_timestamp(_: object, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def add_timestamp(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """`timestamp`, as structlog's `TimeStamper(fmt="iso", utc=True)` writes it, with the
     date and time formatted once a second instead of on every line."""
     global _clock
