@@ -55,6 +55,20 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(pid: int, url: str, seconds: int, connections: int) -> dict[str, float]:
+    """One wrk run against the server `pid`, with the CPU time it spent."""
+    before = cpu_seconds(pid)
+    result = run_wrk(url, seconds, connections)
+    result["cpu_s"] = cpu_seconds(pid) - before
+    return result
+
+
 def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -173,6 +187,8 @@ def combine(slices: list[dict[str, float]], seconds: float) -> dict[str, float]:
         "p50_ms": statistics.median(s["p50_ms"] for s in slices),
         "p99_ms": statistics.median(s["p99_ms"] for s in slices),
         "worst_p99_ms": max(s["p99_ms"] for s in slices),
+        # CPU per request: the efficiency figure that the machine's drift moves least.
+        "cpu_us": sum(s["cpu_s"] for s in slices) / sum(s["requests"] for s in slices) * 1e6,
     }
 
 
@@ -209,8 +225,10 @@ def run(seconds: int, slices: int, connections: int, keys: int, workdir: Path) -
         part = max(1, round(seconds / slices))
         bare_slices, daemon_slices = [], []
         for _ in range(slices):
-            bare_slices.append(run_wrk(bare_url + "/webhooks/bench", part, connections))
-            daemon_slices.append(run_wrk(daemon_url + "/webhooks/bench", part, connections))
+            bare_slices.append(measure(bare_proc.pid, bare_url + "/webhooks/bench", part, connections))
+            daemon_slices.append(
+                measure(daemon_proc.pid, daemon_url + "/webhooks/bench", part, connections)
+            )
         bare = combine(bare_slices, part * slices)
         bare["rss_mb"] = peak_rss_mb(bare_proc.pid)
         daemon = combine(daemon_slices, part * slices)
@@ -244,16 +262,20 @@ def main() -> None:
         bare, daemon = run(args.seconds, args.slices, args.connections, args.prefill, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n{'':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'worst p99':>11}{'peak RSS MB':>13}")
+    print(
+        f"\n{'':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'worst p99':>11}"
+        f"{'CPU us/req':>12}{'peak RSS MB':>13}"
+    )
     for name, r in (("bare", bare), ("wahookd", daemon)):
         print(
             f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-            f"{r['worst_p99_ms']:>11.2f}{r['rss_mb']:>13.1f}"
+            f"{r['worst_p99_ms']:>11.2f}{r['cpu_us']:>12.0f}{r['rss_mb']:>13.1f}"
         )
     kept_up = daemon["sink_lines"] >= daemon["accepted"] and daemon["non2xx"] == 0
     ratios = zip(daemon["slices_rps"], bare["slices_rps"], strict=True)
     print(
-        f"\nwahookd/bare throughput: {daemon['rps'] / bare['rps']:.0%} "
+        f"\nwahookd/bare throughput: {daemon['rps'] / bare['rps']:.0%}, "
+        f"by CPU per request {bare['cpu_us'] / daemon['cpu_us']:.0%} "
         f"(per slice: {', '.join(f'{d / b:.0%}' for d, b in ratios)}); "
         f"non-2xx: {daemon['non2xx']:.0f}; "
         f"accepted {daemon['accepted']:.0f} (at the end of the load), "
