@@ -226,9 +226,7 @@ def run(seconds: int, slices: int, connections: int, keys: int, workdir: Path) -
         bare_slices, daemon_slices = [], []
         for _ in range(slices):
             bare_slices.append(measure(bare_proc.pid, bare_url + "/webhooks/bench", part, connections))
-            daemon_slices.append(
-                measure(daemon_proc.pid, daemon_url + "/webhooks/bench", part, connections)
-            )
+            daemon_slices.append(measure(daemon_proc.pid, daemon_url + "/webhooks/bench", part, connections))
         bare = combine(bare_slices, part * slices)
         bare["rss_mb"] = peak_rss_mb(bare_proc.pid)
         daemon = combine(daemon_slices, part * slices)

@@ -121,6 +121,7 @@ def daemon_factory(tmp_path: Path) -> Iterator[type]:
 
 # -- signing, done here independently of the providers' own code -----------------------
 
+
 def wasender_headers(secret: str) -> dict[str, str]:
     return {"Content-Type": "application/json", "X-Webhook-Signature": secret}
 

@@ -85,7 +85,9 @@ class MediaMetrics:
 
     def __post_init__(self) -> None:
         self.media_downloads = Counter(
-            "wahookd_media_downloads", "media downloads", ["source", "outcome"],
+            "wahookd_media_downloads",
+            "media downloads",
+            ["source", "outcome"],
             registry=self.registry,
         )
         self.media_bytes = Counter("wahookd_media_bytes", "media bytes", registry=self.registry)

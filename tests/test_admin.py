@@ -34,8 +34,15 @@ def wahookd(*argv: str) -> tuple[int, str, str]:
 
 def event(event_id: str, kind: str = "message", media: bool = False) -> Event:
     return Event(
-        id=event_id, source="shop", provider="wasender", kind=kind, event="messages.upsert",
-        raw={"key": {"id": event_id}}, message_id=event_id, type="text", text=f"hi {event_id}",
+        id=event_id,
+        source="shop",
+        provider="wasender",
+        kind=kind,
+        event="messages.upsert",
+        raw={"key": {"id": event_id}},
+        message_id=event_id,
+        type="text",
+        text=f"hi {event_id}",
         media={"mime_type": "image/jpeg"} if media else None,
     )
 
@@ -43,8 +50,7 @@ def event(event_id: str, kind: str = "message", media: bool = False) -> Event:
 def write_config(tmp_path: Path, sinks: str, capacity: int = 1000) -> Path:
     config = tmp_path / "wahookd.toml"
     config.write_text(
-        f'[state]\ndir = "{tmp_path / "state"}"\ndurability = "os"\n'
-        f"[dedupe]\ncapacity = {capacity}\n" + sinks
+        f'[state]\ndir = "{tmp_path / "state"}"\ndurability = "os"\n[dedupe]\ncapacity = {capacity}\n' + sinks
     )
     return config
 
@@ -97,8 +103,13 @@ def test_status_shows_backlog_dead_letters_media_and_dedupe_fill(
 ) -> None:
     config = write_config(tmp_path, FILE_SINKS, capacity=1000)
     state = tmp_path / "state"
-    fill_journal(state, [f"m{n}" for n in range(10)], media_ids=("img1", "img2"),
-                 cursors={"archive": 10, "crm": 4}, dead={"crm": ["m1", "m2"], "gone": ["m3"]})
+    fill_journal(
+        state,
+        [f"m{n}" for n in range(10)],
+        media_ids=("img1", "img2"),
+        cursors={"archive": 10, "crm": 4},
+        dead={"crm": ["m1", "m2"], "gone": ["m3"]},
+    )
 
     assert main(["status", "--config", str(config), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -154,8 +165,9 @@ def test_status_reads_while_another_connection_holds_a_write_transaction(tmp_pat
 def test_replay_dead_delivers_flushes_and_deletes_the_dead_letters(tmp_path: Path) -> None:
     config = write_config(tmp_path, FILE_SINKS)
     state = tmp_path / "state"
-    fill_journal(state, ["m1"], cursors={"archive": 1, "crm": 1},
-                 dead={"crm": ["d1", "d2", "d3"], "archive": ["d9"]})
+    fill_journal(
+        state, ["m1"], cursors={"archive": 1, "crm": 1}, dead={"crm": ["d1", "d2", "d3"], "archive": ["d9"]}
+    )
 
     code, out, err = wahookd("replay", "--config", str(config), "--sink", "crm", "--dead")
     assert code == 0, err
@@ -191,9 +203,7 @@ def gone_server() -> Iterator[str]:
 
 
 def test_replay_dead_keeps_failures_and_exits_nonzero(tmp_path: Path, gone_server: str) -> None:
-    config = write_config(
-        tmp_path, f'[sinks.crm]\nplugin = "forward"\nurl = "{gone_server}"\nsecret = "s"\n'
-    )
+    config = write_config(tmp_path, f'[sinks.crm]\nplugin = "forward"\nurl = "{gone_server}"\nsecret = "s"\n')
     state = tmp_path / "state"
     fill_journal(state, [], dead={"crm": ["d1", "d2"]})
 
@@ -209,8 +219,9 @@ def test_replay_dead_keeps_failures_and_exits_nonzero(tmp_path: Path, gone_serve
 
 
 def test_replay_of_the_journal_applies_the_sink_filter_and_since(tmp_path: Path) -> None:
-    config = write_config(tmp_path, '[sinks.archive]\nplugin = "file"\npath = "a.jsonl"\n'
-                          'kinds = ["message"]\n')
+    config = write_config(
+        tmp_path, '[sinks.archive]\nplugin = "file"\npath = "a.jsonl"\nkinds = ["message"]\n'
+    )
     state = tmp_path / "state"
 
     async def fill() -> None:
@@ -284,9 +295,11 @@ def test_replay_retries_a_transient_failure_and_flushes_before_deleting(tmp_path
     sink = CaptureSink(CaptureOptions(fail_times=1, retry_after=0))
     conn = open_journal(state, write=True)
     stream = io.StringIO()
-    result = asyncio.run(replay_sink(
-        "capture", SinkSettings(plugin="capture"), sink, conn, dead=True, since=None, stream=stream
-    ))
+    result = asyncio.run(
+        replay_sink(
+            "capture", SinkSettings(plugin="capture"), sink, conn, dead=True, since=None, stream=stream
+        )
+    )
     conn.close()
     assert (result.delivered, result.failed) == (2, 0)
     assert sink.ids == ["d1", "d2"]

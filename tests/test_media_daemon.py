@@ -82,7 +82,7 @@ secret = "{TWILIO_TOKEN}"
 
 [sinks.archive]
 plugin = "file"
-path = "{tmp_path / 'events.jsonl'}"
+path = "{tmp_path / "events.jsonl"}"
 """
 
 
@@ -114,8 +114,9 @@ def lines(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def wait_for(tmp_path: Path, found: Callable[[dict[str, Any]], bool], timeout: float = 15.0,
-             daemon: Any = None) -> dict[str, Any]:
+def wait_for(
+    tmp_path: Path, found: Callable[[dict[str, Any]], bool], timeout: float = 15.0, daemon: Any = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in lines(tmp_path):
@@ -170,10 +171,17 @@ def test_meta_image_takes_the_graph_lookup_and_ends_in_the_sink(
     daemon_factory: Any, tmp_path: Path, s3: str, host: StandIn
 ) -> None:
     bearer = {"Authorization": f"Bearer {META_TOKEN}"}
-    host.routes["/v21.0/1234567890123456"] = Route(json={
-        "messaging_product": "whatsapp", "url": host.url("/lookaside/img"),
-        "mime_type": "image/jpeg", "sha256": hashlib.sha256(PHOTO).hexdigest(),
-        "file_size": len(PHOTO), "id": "1234567890123456"}, headers=bearer)
+    host.routes["/v21.0/1234567890123456"] = Route(
+        json={
+            "messaging_product": "whatsapp",
+            "url": host.url("/lookaside/img"),
+            "mime_type": "image/jpeg",
+            "sha256": hashlib.sha256(PHOTO).hexdigest(),
+            "file_size": len(PHOTO),
+            "id": "1234567890123456",
+        },
+        headers=bearer,
+    )
     host.routes["/lookaside/img"] = Route(body=PHOTO, content_type="image/jpeg", headers=bearer)
     daemon = daemon_factory(config(tmp_path, s3, host, "meta-media")).start()
     body = (FIXTURES / "meta" / "image.json").read_bytes()
@@ -190,8 +198,7 @@ def test_twilio_media_is_fetched_with_basic_auth_and_ends_in_the_sink(
     daemon_factory: Any, tmp_path: Path, s3: str, host: StandIn
 ) -> None:
     basic = "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
-    host.routes["/Media/ME1"] = Route(body=PHOTO, content_type="image/jpeg",
-                                      headers={"Authorization": basic})
+    host.routes["/Media/ME1"] = Route(body=PHOTO, content_type="image/jpeg", headers={"Authorization": basic})
     daemon = daemon_factory(config(tmp_path, s3, None, "twilio-media")).start()
     fields = dict(parse_qsl((FIXTURES / "twilio" / "media.form").read_text()))
     fields["MediaUrl0"] = host.url("/Media/ME1")
@@ -200,8 +207,7 @@ def test_twilio_media_is_fetched_with_basic_auth_and_ends_in_the_sink(
     signature = base64.b64encode(
         hmac.new(TWILIO_TOKEN.encode(), signed.encode(), hashlib.sha1).digest()
     ).decode()
-    headers = {"Content-Type": "application/x-www-form-urlencoded",
-               "X-Twilio-Signature": signature}
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature}
     assert post(url, urlencode(fields).encode(), headers) == 200
     media = wait_for(tmp_path, has_media, daemon=daemon)["media"]
     assert media["error"] is None, daemon.log()
@@ -219,9 +225,7 @@ def test_media_host_down_holds_only_its_event_until_the_host_returns(
     wait_for(tmp_path, lambda line: line.get("type") == "text", timeout=5, daemon=daemon)
     assert not any(has_media(line) for line in lines(tmp_path))
     with standin(port) as server:
-        server.routes["/enc"] = Route(
-            body=(FIXTURES / "wasender" / "3EB0IMG0000001.enc").read_bytes()
-        )
+        server.routes["/enc"] = Route(body=(FIXTURES / "wasender" / "3EB0IMG0000001.enc").read_bytes())
         media = wait_for(tmp_path, has_media, daemon=daemon)["media"]
     assert media["error"] is None
     assert stored_sha256(s3, media["stored"]) == hashlib.sha256(PLAINTEXT).hexdigest()
@@ -245,9 +249,7 @@ def test_media_that_cannot_be_fetched_is_delivered_with_media_error(
     assert media["stored"] is None
 
 
-def test_restart_after_kill_resumes_the_pending_media(
-    daemon_factory: Any, tmp_path: Path, s3: str
-) -> None:
+def test_restart_after_kill_resumes_the_pending_media(daemon_factory: Any, tmp_path: Path, s3: str) -> None:
     port = free_port()
     text = config(tmp_path, s3, None, "restart-media", max_attempts=50)
     daemon = daemon_factory(text).start()
@@ -256,9 +258,7 @@ def test_restart_after_kill_resumes_the_pending_media(
     daemon.signal(signal.SIGKILL)
     daemon.wait()
     with standin(port) as server:
-        server.routes["/enc"] = Route(
-            body=(FIXTURES / "wasender" / "3EB0IMG0000001.enc").read_bytes()
-        )
+        server.routes["/enc"] = Route(body=(FIXTURES / "wasender" / "3EB0IMG0000001.enc").read_bytes())
         again = daemon_factory(text).start()
         media = wait_for(tmp_path, has_media, daemon=again)["media"]
     assert media["error"] is None

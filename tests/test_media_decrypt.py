@@ -23,8 +23,14 @@ def b64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def run(tmp_path: Path, encrypted: bytes, media_key: bytes, enc_sha: bytes | None,
-        sha: bytes | None, info: bytes = VECTOR["info"].encode()) -> tuple[str, int, bytes]:
+def run(
+    tmp_path: Path,
+    encrypted: bytes,
+    media_key: bytes,
+    enc_sha: bytes | None,
+    sha: bytes | None,
+    info: bytes = VECTOR["info"].encode(),
+) -> tuple[str, int, bytes]:
     source = tmp_path / "in.enc"
     target = tmp_path / "out.bin"
     source.write_bytes(encrypted)
@@ -34,8 +40,11 @@ def run(tmp_path: Path, encrypted: bytes, media_key: bytes, enc_sha: bytes | Non
 
 def test_vector_decrypts_to_its_plaintext(tmp_path: Path) -> None:
     digest, size, plaintext = run(
-        tmp_path, bytes.fromhex(VECTOR["enc_hex"]), b64(VECTOR["media_key_b64"]),
-        b64(VECTOR["fileEncSha256"]), b64(VECTOR["fileSha256"]),
+        tmp_path,
+        bytes.fromhex(VECTOR["enc_hex"]),
+        b64(VECTOR["media_key_b64"]),
+        b64(VECTOR["fileEncSha256"]),
+        b64(VECTOR["fileSha256"]),
     )
     assert plaintext == VECTOR["plaintext"].encode()
     assert size == len(plaintext)
@@ -46,8 +55,9 @@ def test_fixture_file_is_the_vector_and_decrypts(tmp_path: Path) -> None:
     encrypted = (FIXTURES / "wasender" / "3EB0IMG0000001.enc").read_bytes()
     image = json.loads((FIXTURES / "wasender" / "messages-upsert-image.json").read_text())
     media = image["data"]["message"]["imageMessage"]
-    _, _, plaintext = run(tmp_path, encrypted, b64(media["mediaKey"]),
-                          b64(media["fileEncSha256"]), b64(media["fileSha256"]))
+    _, _, plaintext = run(
+        tmp_path, encrypted, b64(media["mediaKey"]), b64(media["fileEncSha256"]), b64(media["fileSha256"])
+    )
     assert plaintext == VECTOR["plaintext"].encode()
 
 
@@ -56,8 +66,13 @@ def test_flipped_byte_in_the_file_fails_the_file_hash(tmp_path: Path, position: 
     encrypted = bytearray.fromhex(VECTOR["enc_hex"])
     encrypted[position] ^= 0x01
     with pytest.raises(MediaIntegrityError, match="fileEncSha256 mismatch"):
-        run(tmp_path, bytes(encrypted), b64(VECTOR["media_key_b64"]),
-            b64(VECTOR["fileEncSha256"]), b64(VECTOR["fileSha256"]))
+        run(
+            tmp_path,
+            bytes(encrypted),
+            b64(VECTOR["media_key_b64"]),
+            b64(VECTOR["fileEncSha256"]),
+            b64(VECTOR["fileSha256"]),
+        )
     assert not (tmp_path / "out.bin").exists()
 
 
@@ -68,35 +83,48 @@ def test_flipped_byte_in_the_mac_fails_the_mac(tmp_path: Path, position: int) ->
     # A file hash that matches the tampered file, so the MAC check is what must catch it.
     enc_sha = hashlib.sha256(encrypted).digest()
     with pytest.raises(MediaIntegrityError, match="MAC mismatch"):
-        run(tmp_path, bytes(encrypted), b64(VECTOR["media_key_b64"]), enc_sha,
-            b64(VECTOR["fileSha256"]))
+        run(tmp_path, bytes(encrypted), b64(VECTOR["media_key_b64"]), enc_sha, b64(VECTOR["fileSha256"]))
 
 
 def test_flipped_byte_in_the_key_fails_the_mac(tmp_path: Path) -> None:
     key = bytearray(b64(VECTOR["media_key_b64"]))
     key[7] ^= 0x01
     with pytest.raises(MediaIntegrityError, match="MAC mismatch"):
-        run(tmp_path, bytes.fromhex(VECTOR["enc_hex"]), bytes(key),
-            b64(VECTOR["fileEncSha256"]), b64(VECTOR["fileSha256"]))
+        run(
+            tmp_path,
+            bytes.fromhex(VECTOR["enc_hex"]),
+            bytes(key),
+            b64(VECTOR["fileEncSha256"]),
+            b64(VECTOR["fileSha256"]),
+        )
 
 
 def test_wrong_media_type_info_fails_the_mac(tmp_path: Path) -> None:
     with pytest.raises(MediaIntegrityError, match="MAC mismatch"):
-        run(tmp_path, bytes.fromhex(VECTOR["enc_hex"]), b64(VECTOR["media_key_b64"]),
-            b64(VECTOR["fileEncSha256"]), b64(VECTOR["fileSha256"]),
-            info=b"WhatsApp Video Keys")
+        run(
+            tmp_path,
+            bytes.fromhex(VECTOR["enc_hex"]),
+            b64(VECTOR["media_key_b64"]),
+            b64(VECTOR["fileEncSha256"]),
+            b64(VECTOR["fileSha256"]),
+            info=b"WhatsApp Video Keys",
+        )
 
 
 def test_plaintext_hash_mismatch_is_refused_after_decrypting(tmp_path: Path) -> None:
     with pytest.raises(MediaIntegrityError, match="fileSha256 mismatch"):
-        run(tmp_path, bytes.fromhex(VECTOR["enc_hex"]), b64(VECTOR["media_key_b64"]),
-            b64(VECTOR["fileEncSha256"]), hashlib.sha256(b"something else").digest())
+        run(
+            tmp_path,
+            bytes.fromhex(VECTOR["enc_hex"]),
+            b64(VECTOR["media_key_b64"]),
+            b64(VECTOR["fileEncSha256"]),
+            hashlib.sha256(b"something else").digest(),
+        )
 
 
 def test_truncated_file_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(MediaIntegrityError):
-        run(tmp_path, bytes.fromhex(VECTOR["enc_hex"])[:-3], b64(VECTOR["media_key_b64"]),
-            None, None)
+        run(tmp_path, bytes.fromhex(VECTOR["enc_hex"])[:-3], b64(VECTOR["media_key_b64"]), None, None)
 
 
 def test_key_of_wrong_length_fails_cleanly(tmp_path: Path) -> None:
@@ -115,9 +143,14 @@ def test_stickers_use_image_keys_and_each_type_its_own() -> None:
 def test_large_file_of_each_type_round_trips(tmp_path: Path, kind: str) -> None:
     plaintext = os.urandom(3 * 1024 * 1024 + 7)  # several read chunks, odd length
     media = encrypt_media(plaintext, INFO_BY_MESSAGE[kind])
-    digest, size, out = run(tmp_path, media.encrypted, media.media_key,
-                            b64(media.file_enc_sha256), b64(media.file_sha256),
-                            info=INFO_BY_MESSAGE[kind])
+    digest, size, out = run(
+        tmp_path,
+        media.encrypted,
+        media.media_key,
+        b64(media.file_enc_sha256),
+        b64(media.file_sha256),
+        info=INFO_BY_MESSAGE[kind],
+    )
     assert out == plaintext
     assert (digest, size) == (hashlib.sha256(plaintext).hexdigest(), len(plaintext))
 
@@ -133,8 +166,7 @@ def test_memory_stays_flat_while_decrypting_a_large_file(tmp_path: Path) -> None
     media = None  # drop the in-memory copies before measuring
     tracemalloc.start()
     try:
-        digest, size = decrypt_file(source, target, key, INFO_BY_MESSAGE["videoMessage"],
-                                    enc_sha, sha)
+        digest, size = decrypt_file(source, target, key, INFO_BY_MESSAGE["videoMessage"], enc_sha, sha)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

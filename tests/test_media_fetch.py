@@ -105,9 +105,7 @@ def test_download_streams_the_body_to_a_file_with_its_hash(host: StandIn, tmp_pa
     assert result.content_type == "image/png"
 
 
-def test_url_outside_allow_hosts_is_refused_without_a_request(
-    host: StandIn, tmp_path: Path
-) -> None:
+def test_url_outside_allow_hosts_is_refused_without_a_request(host: StandIn, tmp_path: Path) -> None:
     with pytest.raises(MediaRefused, match=re.escape("host not allowed: 127.0.0.1")):
         download(host.url("/file"), tmp_path, [], provider="meta")
     assert host.hits == []
@@ -135,8 +133,7 @@ def test_redirect_to_a_private_address_is_refused(host: StandIn, tmp_path: Path)
     # "localhost" is listed by name (may be private); 127.0.0.1 is only WAHA's API host.
     host.routes["/start"] = Route(redirect=host.url("/file"))
     with pytest.raises(MediaRefused, match=re.escape("private address refused: 127.0.0.1")):
-        download(host.url("/start", host="localhost"), tmp_path, ["localhost"],
-                 api_url=host.url())
+        download(host.url("/start", host="localhost"), tmp_path, ["localhost"], api_url=host.url())
     assert host.paths_hit() == ["/start"]
 
 
@@ -159,16 +156,15 @@ def test_relative_redirects_are_followed_with_credentials(host: StandIn, tmp_pat
     assert result.path.read_bytes() == BODY
 
 
-def test_credentials_never_follow_a_redirect_to_another_host(
-    host: StandIn, tmp_path: Path
-) -> None:
+def test_credentials_never_follow_a_redirect_to_another_host(host: StandIn, tmp_path: Path) -> None:
     # Twilio redirects to a pre-signed CDN URL, which must not see the account's token.
     host.routes["/media"] = Route(
         redirect=host.url("/cdn", host="localhost"), headers={"Authorization": "Basic abc"}
     )
     host.routes["/cdn"] = Route(body=BODY, forbid=("Authorization",))
-    result = download(host.url("/media"), tmp_path, ["127.0.0.1", "localhost"],
-                      headers={"Authorization": "Basic abc"})
+    result = download(
+        host.url("/media"), tmp_path, ["127.0.0.1", "localhost"], headers={"Authorization": "Basic abc"}
+    )
     assert result.path.read_bytes() == BODY
     assert "Authorization" not in host.hits[-1][1]
 
@@ -191,8 +187,9 @@ def test_body_exactly_at_the_cap_is_kept(host: StandIn, tmp_path: Path) -> None:
     assert download(host.url("/exact"), tmp_path, ["127.0.0.1"], max_bytes=5000).size == 5000
 
 
-@pytest.mark.parametrize(("status", "retry"), [(503, True), (500, True), (429, True),
-                                               (404, False), (403, False)])
+@pytest.mark.parametrize(
+    ("status", "retry"), [(503, True), (500, True), (429, True), (404, False), (403, False)]
+)
 def test_http_errors_say_whether_a_retry_can_help(
     host: StandIn, tmp_path: Path, status: int, retry: bool
 ) -> None:

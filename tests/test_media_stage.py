@@ -96,26 +96,39 @@ def make_settings(tmp_path: Path, api: StandIn | None = None, **media: Any) -> S
     api_url = api.url() if api else None
     return Settings(
         state={"dir": str(tmp_path / "state"), "durability": "os"},
-        media={"allow_hosts": ["127.0.0.1"], "backoff_initial": 0.05, "max_attempts": 3,
-               "timeout": 5, **media},
+        media={
+            "allow_hosts": ["127.0.0.1"],
+            "backoff_initial": 0.05,
+            "max_attempts": 3,
+            "timeout": 5,
+            **media,
+        },
         sources={
             "shop": {"provider": "wasender", "secret": "s"},
-            "cloud": {"provider": "meta", "secret": "app", "access_token": "meta-token",
-                      "api_url": f"{api_url}/v21.0" if api_url else None},
+            "cloud": {
+                "provider": "meta",
+                "secret": "app",
+                "access_token": "meta-token",
+                "api_url": f"{api_url}/v21.0" if api_url else None,
+            },
             "tw": {"provider": "twilio", "secret": "auth-token"},
-            "wa": {"provider": "waha", "secret": "hmac", "api_key": "waha-key",
-                   "api_url": api_url},
+            "wa": {"provider": "waha", "secret": "hmac", "api_key": "waha-key", "api_url": api_url},
             "evo": {"provider": "evolution", "secret": "t"},
         },
     )
 
 
-def event(source: str, provider: str, raw: Any, mime: str | None = "image/jpeg",
-          filename: str | None = None) -> dict[str, Any]:
+def event(
+    source: str, provider: str, raw: Any, mime: str | None = "image/jpeg", filename: str | None = None
+) -> dict[str, Any]:
     return {
         "id": f"{source}-{hashlib.sha1(repr(raw).encode()).hexdigest()[:8]}",
-        "source": source, "provider": provider, "kind": "message", "type": "image",
-        "media": new_media(mime, filename), "received_at": "2026-11-26T21:30:00.123Z",
+        "source": source,
+        "provider": provider,
+        "kind": "message",
+        "type": "image",
+        "media": new_media(mime, filename),
+        "received_at": "2026-11-26T21:30:00.123Z",
         "raw": raw,
     }
 
@@ -141,9 +154,7 @@ def stored_file(settings: Settings, media: dict[str, Any]) -> bytes:
 
 
 @pytest.mark.parametrize("wrapper", [None, "ephemeralMessage", "viewOnceMessageV2"])
-def test_wasender_image_is_decrypted_and_stored(
-    host: StandIn, tmp_path: Path, wrapper: str | None
-) -> None:
+def test_wasender_image_is_decrypted_and_stored(host: StandIn, tmp_path: Path, wrapper: str | None) -> None:
     media = encrypt_media(PHOTO)
     host.routes["/enc"] = Route(body=media.encrypted)
     settings = make_settings(tmp_path)
@@ -168,28 +179,38 @@ def test_wasender_media_from_direct_path_is_fetched_from_the_whatsapp_cdn_only(
     tmp_path: Path,
 ) -> None:
     media = encrypt_media(PHOTO)
-    raw = {"key": {"id": "x"}, "message": {"imageMessage": {
-        **media.baileys(""), "url": None, "directPath": "/v/t62.7118-24/abc?ccb=9-4"}}}
+    raw = {
+        "key": {"id": "x"},
+        "message": {
+            "imageMessage": {**media.baileys(""), "url": None, "directPath": "/v/t62.7118-24/abc?ccb=9-4"}
+        },
+    }
     settings = make_settings(tmp_path, timeout=0.5, max_attempts=1)
     journal = MemoryJournal([event("shop", "wasender", raw)])
     run_stage(settings, journal)
     # No network here: the CDN cannot be reached, but the URL was built on its host only.
     assert journal.done[1]["media"]["error"] in (
-        "connection failed: mmg.whatsapp.net", "timeout from mmg.whatsapp.net")
+        "connection failed: mmg.whatsapp.net",
+        "timeout from mmg.whatsapp.net",
+    )
 
 
-def test_meta_media_takes_the_graph_lookup_with_the_bearer_token(
-    host: StandIn, tmp_path: Path
-) -> None:
+def test_meta_media_takes_the_graph_lookup_with_the_bearer_token(host: StandIn, tmp_path: Path) -> None:
     bearer = {"Authorization": "Bearer meta-token"}
-    host.routes["/v21.0/1234567890123456"] = Route(json={
-        "messaging_product": "whatsapp", "url": host.url("/lookaside/abc"),
-        "mime_type": "image/jpeg", "sha256": hashlib.sha256(PHOTO).hexdigest(),
-        "file_size": len(PHOTO), "id": "1234567890123456"}, headers=bearer)
+    host.routes["/v21.0/1234567890123456"] = Route(
+        json={
+            "messaging_product": "whatsapp",
+            "url": host.url("/lookaside/abc"),
+            "mime_type": "image/jpeg",
+            "sha256": hashlib.sha256(PHOTO).hexdigest(),
+            "file_size": len(PHOTO),
+            "id": "1234567890123456",
+        },
+        headers=bearer,
+    )
     host.routes["/lookaside/abc"] = Route(body=PHOTO, content_type="image/jpeg", headers=bearer)
     settings = make_settings(tmp_path, api=host)
-    raw = {"id": "wamid.X", "type": "image", "image": {"id": "1234567890123456",
-                                                       "mime_type": "image/jpeg"}}
+    raw = {"id": "wamid.X", "type": "image", "image": {"id": "1234567890123456", "mime_type": "image/jpeg"}}
     journal = MemoryJournal([event("cloud", "meta", raw)])
     run_stage(settings, journal)
     result = journal.done[1]["media"]
@@ -198,11 +219,10 @@ def test_meta_media_takes_the_graph_lookup_with_the_bearer_token(
     assert host.paths_hit() == ["/v21.0/1234567890123456", "/lookaside/abc"]
 
 
-def test_meta_download_not_matching_the_lookup_hash_is_not_stored(
-    host: StandIn, tmp_path: Path
-) -> None:
-    host.routes["/v21.0/42"] = Route(json={"url": host.url("/file"),
-                                          "sha256": base64.b64encode(b"x" * 32).decode()})
+def test_meta_download_not_matching_the_lookup_hash_is_not_stored(host: StandIn, tmp_path: Path) -> None:
+    host.routes["/v21.0/42"] = Route(
+        json={"url": host.url("/file"), "sha256": base64.b64encode(b"x" * 32).decode()}
+    )
     host.routes["/file"] = Route(body=PHOTO)
     settings = make_settings(tmp_path, api=host, max_attempts=2)
     journal = MemoryJournal([event("cloud", "meta", {"type": "image", "image": {"id": "42"}})])
@@ -229,17 +249,19 @@ def test_meta_media_id_that_is_not_numeric_is_never_put_in_a_url(tmp_path: Path)
     assert journal.done[1]["media"]["error"] == "media id is not numeric"
 
 
-def test_twilio_media_uses_basic_auth_and_follows_the_cdn_redirect(
-    host: StandIn, tmp_path: Path
-) -> None:
+def test_twilio_media_uses_basic_auth_and_follows_the_cdn_redirect(host: StandIn, tmp_path: Path) -> None:
     basic = "Basic " + base64.b64encode(f"{TWILIO_SID}:auth-token".encode()).decode()
-    host.routes["/Media/ME1"] = Route(redirect=host.url("/cdn/ME1", host="localhost"),
-                                      headers={"Authorization": basic})
-    host.routes["/cdn/ME1"] = Route(body=PHOTO, content_type="image/jpeg",
-                                    forbid=("Authorization",))
+    host.routes["/Media/ME1"] = Route(
+        redirect=host.url("/cdn/ME1", host="localhost"), headers={"Authorization": basic}
+    )
+    host.routes["/cdn/ME1"] = Route(body=PHOTO, content_type="image/jpeg", forbid=("Authorization",))
     settings = make_settings(tmp_path, allow_hosts=["127.0.0.1", "localhost"])
-    raw = {"AccountSid": TWILIO_SID, "NumMedia": "1", "MediaContentType0": "image/jpeg",
-           "MediaUrl0": host.url("/Media/ME1")}
+    raw = {
+        "AccountSid": TWILIO_SID,
+        "NumMedia": "1",
+        "MediaContentType0": "image/jpeg",
+        "MediaUrl0": host.url("/Media/ME1"),
+    }
     journal = MemoryJournal([event("tw", "twilio", raw)])
     run_stage(settings, journal)
     result = journal.done[1]["media"]
@@ -248,14 +270,20 @@ def test_twilio_media_uses_basic_auth_and_follows_the_cdn_redirect(
 
 
 def test_waha_media_is_fetched_with_the_api_key(host: StandIn, tmp_path: Path) -> None:
-    host.routes["/api/files/x.pdf"] = Route(body=b"%PDF-1.4 doc", content_type="application/pdf",
-                                            headers={"X-Api-Key": "waha-key"})
+    host.routes["/api/files/x.pdf"] = Route(
+        body=b"%PDF-1.4 doc", content_type="application/pdf", headers={"X-Api-Key": "waha-key"}
+    )
     settings = make_settings(tmp_path, api=host)
-    raw = {"id": "true_1@c.us_A", "hasMedia": True,
-           "media": {"url": host.url("/api/files/x.pdf"), "mimetype": "application/pdf",
-                     "filename": "invoice.pdf"}}
-    journal = MemoryJournal([event("wa", "waha", raw, mime="application/pdf",
-                                   filename="invoice.pdf")])
+    raw = {
+        "id": "true_1@c.us_A",
+        "hasMedia": True,
+        "media": {
+            "url": host.url("/api/files/x.pdf"),
+            "mimetype": "application/pdf",
+            "filename": "invoice.pdf",
+        },
+    }
+    journal = MemoryJournal([event("wa", "waha", raw, mime="application/pdf", filename="invoice.pdf")])
     run_stage(settings, journal)
     result = journal.done[1]["media"]
     assert result["error"] is None
@@ -266,16 +294,16 @@ def test_waha_media_is_fetched_with_the_api_key(host: StandIn, tmp_path: Path) -
 
 def test_evolution_inline_base64_is_stored_without_a_download(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    raw = {"key": {"id": "E1"}, "message": {"imageMessage": {"mimetype": "image/jpeg"},
-                                            "base64": base64.b64encode(PHOTO).decode()}}
+    raw = {
+        "key": {"id": "E1"},
+        "message": {"imageMessage": {"mimetype": "image/jpeg"}, "base64": base64.b64encode(PHOTO).decode()},
+    }
     journal = MemoryJournal([event("evo", "evolution", raw)])
     run_stage(settings, journal)
     assert stored_file(settings, journal.done[1]["media"]) == PHOTO
 
 
-def test_mime_type_comes_from_the_host_when_none_was_declared(
-    host: StandIn, tmp_path: Path
-) -> None:
+def test_mime_type_comes_from_the_host_when_none_was_declared(host: StandIn, tmp_path: Path) -> None:
     host.routes["/f"] = Route(body=b"OggS voice", content_type="audio/ogg; codecs=opus")
     settings = make_settings(tmp_path, api=host)
     journal = MemoryJournal([event("wa", "waha", {"media": {"url": host.url("/f")}}, mime=None)])
@@ -289,8 +317,15 @@ def test_s3_store_receives_the_plaintext(host: StandIn, tmp_path: Path) -> None:
     media = encrypt_media(PHOTO)
     host.routes["/enc"] = Route(body=media.encrypted)
     with s3_server() as endpoint:
-        settings = make_settings(tmp_path, store="s3", endpoint=endpoint, secure=False,
-                                 access_key="testing", secret_key="testing", bucket="wa-media")
+        settings = make_settings(
+            tmp_path,
+            store="s3",
+            endpoint=endpoint,
+            secure=False,
+            access_key="testing",
+            secret_key="testing",
+            bucket="wa-media",
+        )
         journal = MemoryJournal([wasender_event(host.url("/enc"), media)])
         run_stage(settings, journal)
         stored = journal.done[1]["media"]["stored"]
@@ -332,8 +367,7 @@ def test_host_down_for_a_while_then_back_is_stored(tmp_path: Path) -> None:
 
 def test_host_gone_for_good_completes_with_media_error(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, max_attempts=3, backoff_initial=0.02)
-    journal = MemoryJournal([wasender_event(f"http://127.0.0.1:{free_port()}/enc",
-                                            encrypt_media(PHOTO))])
+    journal = MemoryJournal([wasender_event(f"http://127.0.0.1:{free_port()}/enc", encrypt_media(PHOTO))])
     metrics = run_stage(settings, journal)
     assert journal.done[1]["media"]["error"] == "connection failed: 127.0.0.1"
     assert journal.done[1]["media"]["stored"] is None
@@ -406,10 +440,12 @@ def test_one_dead_host_does_not_hold_up_other_media(host: StandIn, tmp_path: Pat
     media = encrypt_media(PHOTO)
     host.routes["/enc"] = Route(body=media.encrypted)
     settings = make_settings(tmp_path, max_attempts=3, backoff_initial=1.0, concurrency=1)
-    journal = MemoryJournal([
-        wasender_event(f"http://127.0.0.1:{free_port()}/gone", encrypt_media(b"other")),
-        wasender_event(host.url("/enc"), media),
-    ])
+    journal = MemoryJournal(
+        [
+            wasender_event(f"http://127.0.0.1:{free_port()}/gone", encrypt_media(b"other")),
+            wasender_event(host.url("/enc"), media),
+        ]
+    )
     run_stage(settings, journal, until=lambda: 2 in journal.done, timeout=2.5)
     assert journal.order == [2]  # the first still waits for its retries
 
@@ -450,8 +486,9 @@ def test_wake_from_another_thread_starts_work_at_once(host: StandIn, tmp_path: P
         arrived.set()
 
     started = time.monotonic()
-    run_stage(make_settings(tmp_path), journal, until=lambda: 1 in journal.done,
-              during=add_then_wake, timeout=3)
+    run_stage(
+        make_settings(tmp_path), journal, until=lambda: 1 in journal.done, during=add_then_wake, timeout=3
+    )
     assert arrived.is_set()
     assert time.monotonic() - started < 2
 
@@ -471,9 +508,7 @@ class StaleJournal(MemoryJournal):
         return [(seq, copy.deepcopy(self.events[seq])) for seq in sorted(self.events)][:limit]
 
 
-def test_an_event_handed_back_is_not_fetched_again_from_a_stale_read(
-    host: StandIn, tmp_path: Path
-) -> None:
+def test_an_event_handed_back_is_not_fetched_again_from_a_stale_read(host: StandIn, tmp_path: Path) -> None:
     media = encrypt_media(PHOTO)
     host.routes["/enc"] = Route(body=media.encrypted)
     journal = StaleJournal([wasender_event(host.url("/enc"), media)])
@@ -488,9 +523,7 @@ def test_an_event_handed_back_is_not_fetched_again_from_a_stale_read(
     assert metrics.downloads("shop", "stored") == 1
 
 
-def test_encrypted_file_of_a_plaintext_exactly_at_the_cap_is_stored(
-    host: StandIn, tmp_path: Path
-) -> None:
+def test_encrypted_file_of_a_plaintext_exactly_at_the_cap_is_stored(host: StandIn, tmp_path: Path) -> None:
     media = encrypt_media(PHOTO)
     assert len(media.encrypted) > len(PHOTO)
     host.routes["/enc"] = Route(body=media.encrypted)
@@ -510,16 +543,25 @@ def test_declared_file_length_over_the_cap_is_refused_without_a_download(
     assert host.hits == []
 
 
-def test_evolution_without_inline_base64_decrypts_like_baileys(
-    host: StandIn, tmp_path: Path
-) -> None:
+def test_evolution_without_inline_base64_decrypts_like_baileys(host: StandIn, tmp_path: Path) -> None:
     media = encrypt_media(PHOTO, b"WhatsApp Document Keys")
     host.routes["/doc.enc"] = Route(body=media.encrypted)
-    raw = {"key": {"id": "E2"}, "message": {"documentWithCaptionMessage": {"message": {
-        "documentMessage": {**media.baileys(host.url("/doc.enc"), "application/pdf"),
-                            "fileName": "../../etc/passwd"}}}}}
-    journal = MemoryJournal([event("evo", "evolution", raw, mime="application/pdf",
-                                   filename="../../etc/passwd")])
+    raw = {
+        "key": {"id": "E2"},
+        "message": {
+            "documentWithCaptionMessage": {
+                "message": {
+                    "documentMessage": {
+                        **media.baileys(host.url("/doc.enc"), "application/pdf"),
+                        "fileName": "../../etc/passwd",
+                    }
+                }
+            }
+        },
+    }
+    journal = MemoryJournal(
+        [event("evo", "evolution", raw, mime="application/pdf", filename="../../etc/passwd")]
+    )
     settings = make_settings(tmp_path)
     run_stage(settings, journal)
     result = journal.done[1]["media"]

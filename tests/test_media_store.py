@@ -25,10 +25,15 @@ def test_key_is_source_date_hash_and_extension_from_the_mime_table() -> None:
     assert key == f"shop/2026/11/26/{DIGEST}.jpg"
 
 
-@pytest.mark.parametrize(("mime", "ext"), [("audio/ogg; codecs=opus", "ogg"),
-                                           ("application/pdf", "pdf"),
-                                           ("application/x-evil/../../x", "bin"),
-                                           (None, "bin")])
+@pytest.mark.parametrize(
+    ("mime", "ext"),
+    [
+        ("audio/ogg; codecs=opus", "ogg"),
+        ("application/pdf", "pdf"),
+        ("application/x-evil/../../x", "bin"),
+        (None, "bin"),
+    ],
+)
 def test_extension_comes_only_from_the_fixed_table(mime: str | None, ext: str) -> None:
     assert object_key("shop", date(2026, 1, 2), DIGEST, mime).endswith(f"{DIGEST}.{ext}")
 
@@ -83,14 +88,14 @@ def test_make_store_follows_the_settings(tmp_path: Path) -> None:
 
 def test_s3_store_creates_the_bucket_and_uploads(tmp_path: Path) -> None:
     with s3_server() as endpoint:
-        store = S3Store(endpoint, "whatsapp-media", "testing", "testing", secure=False,
-                        region=None, timeout=5)
+        store = S3Store(
+            endpoint, "whatsapp-media", "testing", "testing", secure=False, region=None, timeout=5
+        )
         scratch = tmp_path / "x.part"
         scratch.write_bytes(b"photo")
         key = object_key("shop", date(2026, 11, 26), DIGEST, "image/jpeg")
         stored = asyncio.run(store.put(scratch, key, "image/jpeg"))
-        assert stored == {"bucket": "whatsapp-media", "key": key,
-                          "url": f"s3://whatsapp-media/{key}"}
+        assert stored == {"bucket": "whatsapp-media", "key": key, "url": f"s3://whatsapp-media/{key}"}
         client = Minio(endpoint, access_key="testing", secret_key="testing", secure=False)
         answer = client.get_object("whatsapp-media", key)
         try:
@@ -100,8 +105,9 @@ def test_s3_store_creates_the_bucket_and_uploads(tmp_path: Path) -> None:
             answer.close()
             answer.release_conn()
         # A second store (a restart) finds the bucket already there.
-        again = S3Store(endpoint, "whatsapp-media", "testing", "testing", secure=False,
-                        region=None, timeout=5)
+        again = S3Store(
+            endpoint, "whatsapp-media", "testing", "testing", secure=False, region=None, timeout=5
+        )
         scratch.write_bytes(b"photo")
         assert asyncio.run(again.put(scratch, key, "image/jpeg"))["key"] == key
 
@@ -109,8 +115,9 @@ def test_s3_store_creates_the_bucket_and_uploads(tmp_path: Path) -> None:
 def test_s3_store_unreachable_is_a_retryable_error(tmp_path: Path) -> None:
     from media_support import free_port
 
-    store = S3Store(f"127.0.0.1:{free_port()}", "b", "testing", "testing", secure=False,
-                    region=None, timeout=2)
+    store = S3Store(
+        f"127.0.0.1:{free_port()}", "b", "testing", "testing", secure=False, region=None, timeout=2
+    )
     scratch = tmp_path / "x.part"
     scratch.write_bytes(b"photo")
     with pytest.raises(MediaError, match="object store unreachable") as info:

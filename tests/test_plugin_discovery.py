@@ -66,9 +66,23 @@ def guide_package(tmp_path: Path) -> Path:
 
 def test_the_guide_example_test_passes_as_written(guide_package: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:tornasync",
-         str(guide_package / "test_wahookd_csv.py"), "--rootdir", str(guide_package)],
-        capture_output=True, text=True, timeout=60, cwd=guide_package,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:tornasync",
+            str(guide_package / "test_wahookd_csv.py"),
+            "--rootdir",
+            str(guide_package),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=guide_package,
         env={"PYTHONPATH": str(guide_package), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -90,8 +104,9 @@ def test_the_guide_example_registers_and_validates_like_a_builtin(
     registry = collect(manager)
     assert registry.sinks["csv"].description == "append messages to a CSV file"
     with pytest.raises(ConfigError) as caught:
-        build_sink("sheet", SinkSettings(plugin="csv", file="x.csv"), registry,
-                   make_context(guide_package, "sheet"))
+        build_sink(
+            "sheet", SinkSettings(plugin="csv", file="x.csv"), registry, make_context(guide_package, "sheet")
+        )
     assert "sinks.sheet.file: unknown key" in caught.value.problems
     assert "sinks.sheet.path: field required" in caught.value.problems
 
@@ -120,8 +135,10 @@ def test_the_daemon_delivers_to_the_installed_redis_plugin(daemon_factory: Any) 
     ids = [f"3EBREDIS{n:02d}" for n in range(3)]
     for message_id in [*ids, ids[0]]:  # the repeat is a provider retry: no new event
         request = urllib.request.Request(
-            daemon.url + "/webhooks/shop", data=wasender_body(message_id),
-            headers=wasender_headers("s"), method="POST",
+            daemon.url + "/webhooks/shop",
+            data=wasender_body(message_id),
+            headers=wasender_headers("s"),
+            method="POST",
         )
         urllib.request.urlopen(request, timeout=10).close()
     client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
@@ -180,7 +197,8 @@ def test_every_builtin_sink_option_is_documented(module: str) -> None:
     [spec] = importlib.import_module(f"wahookd.sinks.{module}").wahookd_register_sinks()
     text = (ROOT / "docs" / "sinks.md").read_text()
     missing = [
-        name for name in spec.options.model_fields
+        name
+        for name in spec.options.model_fields
         if f"{name} =" not in text and f"# {name}_file =" not in text
     ]
     assert missing == []

@@ -456,8 +456,13 @@ def test_evolution_system_events_never_carry_the_apikey_to_sinks() -> None:
     from wahookd.settings import SourceSettings
 
     body = json.dumps(
-        {"event": "connection.update", "instance": "inst1", "data": {"state": "open"},
-         "date_time": "2024-05-29T10:00:00.000Z", "apikey": "evtok"}
+        {
+            "event": "connection.update",
+            "instance": "inst1",
+            "data": {"state": "open"},
+            "date_time": "2024-05-29T10:00:00.000Z",
+            "apikey": "evtok",
+        }
     ).encode()
     request = InboundRequest(method="POST", url="", headers={}, body=body, content_type="application/json")
     [event] = EvolutionProvider().parse(request, "evo", SourceSettings(provider="evolution", secret="evtok"))
@@ -471,7 +476,10 @@ def test_meta_errors_on_unsupported_messages_and_change_values_are_kept() -> Non
     from wahookd.settings import SourceSettings
 
     message = {
-        "from": "16505551234", "id": "wamid.U", "timestamp": "1700000000", "type": "unsupported",
+        "from": "16505551234",
+        "id": "wamid.U",
+        "timestamp": "1700000000",
+        "type": "unsupported",
         "errors": [{"code": 131051, "title": "Message type unknown"}],
     }
     value = {

@@ -191,7 +191,7 @@ def test_check_config_reports_table_problems_even_when_the_file_fails_as_a_whole
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         "wahookd: error: server.colour: unknown key",
-        'wahookd: error: sources.shop.secret: required (or secret_file / secrets); to accept unsigned '
+        "wahookd: error: sources.shop.secret: required (or secret_file / secrets); to accept unsigned "
         'webhooks say verify = "none"',
         "wahookd: error: sinks.archive.path: field required",
     ]

@@ -129,8 +129,10 @@ def forward_sink(url: str, extra: str = "") -> str:
 def post_messages(daemon: Any, message_ids: list[str], new: bool = True) -> None:
     for message_id in message_ids:
         request = urllib.request.Request(
-            daemon.url + "/webhooks/shop", data=wasender_body(message_id),
-            headers=wasender_headers(SOURCE_SECRET), method="POST",
+            daemon.url + "/webhooks/shop",
+            data=wasender_body(message_id),
+            headers=wasender_headers(SOURCE_SECRET),
+            method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert answer.status == 200
@@ -242,14 +244,16 @@ def test_sigkill_mid_batch_resumes_after_restart_with_nothing_lost(
 
 
 def wasender_status(message_id: str, code: int) -> bytes:
-    return json.dumps({
-        "event": "messages.update",
-        "timestamp": 1747775431467,
-        "data": {
-            "update": {"status": code},
-            "key": {"remoteJid": "1234567890@s.whatsapp.net", "id": message_id, "fromMe": True},
-        },
-    }).encode()
+    return json.dumps(
+        {
+            "event": "messages.update",
+            "timestamp": 1747775431467,
+            "data": {
+                "update": {"status": code},
+                "key": {"remoteJid": "1234567890@s.whatsapp.net", "id": message_id, "fromMe": True},
+            },
+        }
+    ).encode()
 
 
 def test_per_sink_filters_and_sql_statuses_posted_out_of_order(
@@ -268,8 +272,10 @@ def test_per_sink_filters_and_sql_statuses_posted_out_of_order(
     bodies += [("shop", wasender_status("3EBOUT00001", code)) for code in (4, 3, 2)]
     for source, body in bodies:
         request = urllib.request.Request(
-            f"{daemon.url}/webhooks/{source}", data=body,
-            headers=wasender_headers(SOURCE_SECRET), method="POST",
+            f"{daemon.url}/webhooks/{source}",
+            data=body,
+            headers=wasender_headers(SOURCE_SECRET),
+            method="POST",
         )
         urllib.request.urlopen(request, timeout=10).close()
 

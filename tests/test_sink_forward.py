@@ -32,9 +32,7 @@ def verify_standard_webhook(secret: str, headers: Any, body: bytes) -> bool:
     key = base64.b64decode(secret.removeprefix("whsec_")) if secret.startswith("whsec_") else secret.encode()
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    return any(
-        part.split(",", 1) == ["v1", expected] for part in headers["webhook-signature"].split()
-    )
+    return any(part.split(",", 1) == ["v1", expected] for part in headers["webhook-signature"].split())
 
 
 Respond = Callable[[tornado.web.RequestHandler], Awaitable[None]]
@@ -109,8 +107,9 @@ def test_delivery_posts_json_with_a_valid_standard_webhooks_signature(tmp_path: 
         assert abs(int(headers["Webhook-Timestamp"]) - time.time()) < 5
         assert headers["X-Team"] == "ops"
         assert verify_standard_webhook(SECRET, {k.lower(): v for k, v in headers.items()}, body)
-        assert not verify_standard_webhook("whsec_" + base64.b64encode(b"other").decode(),
-                                           {k.lower(): v for k, v in headers.items()}, body)
+        assert not verify_standard_webhook(
+            "whsec_" + base64.b64encode(b"other").decode(), {k.lower(): v for k, v in headers.items()}, body
+        )
 
     run(scenario)
 

@@ -71,8 +71,11 @@ async def deliver_all(sink: SqlSink, events: list[dict[str, Any]]) -> None:
 def test_start_creates_the_tables_and_records_the_schema_version(backend: Backend) -> None:
     asyncio.run(deliver_all(backend.sink(), []))
     names = set(inspect(backend.engine).get_table_names())
-    assert {f"{backend.prefix}events", f"{backend.prefix}message_status",
-            f"{backend.prefix}wahookd_schema"} <= names
+    assert {
+        f"{backend.prefix}events",
+        f"{backend.prefix}message_status",
+        f"{backend.prefix}wahookd_schema",
+    } <= names
     [row] = backend.rows("SELECT component, version FROM {p}wahookd_schema")
     assert row == {"component": "sql_sink", "version": SCHEMA_VERSION}
 
@@ -112,9 +115,7 @@ def test_timestamps_are_stored_as_utc_times(backend: Backend) -> None:
 
 
 def status_row(backend: Backend, message_id: str) -> dict[str, Any]:
-    [row] = backend.rows(
-        "SELECT * FROM {p}message_status WHERE message_id = :m", m=message_id
-    )
+    [row] = backend.rows("SELECT * FROM {p}message_status WHERE message_id = :m", m=message_id)
     return row
 
 
@@ -140,10 +141,16 @@ def test_a_late_delivered_never_moves_read_back_and_played_moves_it_forward(
     backend: Backend,
 ) -> None:
     message_id = "wamid.OUT2"
-    asyncio.run(deliver_all(backend.sink(), [
-        make_status(message_id, "sent"), make_status(message_id, "read"),
-        make_status(message_id, "delivered"),
-    ]))
+    asyncio.run(
+        deliver_all(
+            backend.sink(),
+            [
+                make_status(message_id, "sent"),
+                make_status(message_id, "read"),
+                make_status(message_id, "delivered"),
+            ],
+        )
+    )
     assert status_row(backend, message_id)["status"] == "read"
     asyncio.run(deliver_all(backend.sink(), [make_status(message_id, "played")]))
     assert status_row(backend, message_id)["status"] == "played"
@@ -151,10 +158,17 @@ def test_a_late_delivered_never_moves_read_back_and_played_moves_it_forward(
 
 def test_failed_is_terminal(backend: Backend) -> None:
     message_id = "wamid.OUT3"
-    asyncio.run(deliver_all(backend.sink(), [
-        make_status(message_id, "sent"), make_status(message_id, "failed"),
-        make_status(message_id, "delivered"), make_status(message_id, "read"),
-    ]))
+    asyncio.run(
+        deliver_all(
+            backend.sink(),
+            [
+                make_status(message_id, "sent"),
+                make_status(message_id, "failed"),
+                make_status(message_id, "delivered"),
+                make_status(message_id, "read"),
+            ],
+        )
+    )
     row = status_row(backend, message_id)
     assert row["status"] == "failed"
     assert json.loads(row["error"])["code"] == 131026
@@ -162,10 +176,15 @@ def test_failed_is_terminal(backend: Backend) -> None:
 
 
 def test_statuses_of_different_sources_are_kept_apart(backend: Backend) -> None:
-    asyncio.run(deliver_all(backend.sink(), [
-        make_status("wamid.SAME", "read", source="shop"),
-        make_status("wamid.SAME", "sent", source="support"),
-    ]))
+    asyncio.run(
+        deliver_all(
+            backend.sink(),
+            [
+                make_status("wamid.SAME", "read", source="shop"),
+                make_status("wamid.SAME", "sent", source="support"),
+            ],
+        )
+    )
     rows = backend.rows("SELECT source, status FROM {p}message_status ORDER BY source")
     assert rows == [{"source": "shop", "status": "read"}, {"source": "support", "status": "sent"}]
 
@@ -177,10 +196,13 @@ def test_concurrent_out_of_order_statuses_stay_monotonic(backend: Backend) -> No
     async def scenario() -> None:
         sink = backend.sink()
         await sink.start()
-        await asyncio.gather(*(
-            sink.deliver(make_status(mid, status, id=f"{mid}:{n}"))
-            for mid in message_ids for n, status in enumerate(order)
-        ))
+        await asyncio.gather(
+            *(
+                sink.deliver(make_status(mid, status, id=f"{mid}:{n}"))
+                for mid in message_ids
+                for n, status in enumerate(order)
+            )
+        )
         await sink.close()
 
     asyncio.run(scenario())
@@ -219,9 +241,7 @@ def test_urls_are_completed(tmp_path: Path) -> None:
     assert database_url(options({"url": "postgresql://u:p@h/db"}), tmp_path) == (
         "postgresql+psycopg://u:p@h/db"
     )
-    assert database_url(options({"url": "postgres://h/db"}), tmp_path).startswith(
-        "postgresql+psycopg://"
-    )
+    assert database_url(options({"url": "postgres://h/db"}), tmp_path).startswith("postgresql+psycopg://")
     assert database_url(options({"url": "sqlite:///rel.db"}), tmp_path) == (
         f"sqlite:///{tmp_path / 'rel.db'}"
     )

@@ -151,9 +151,9 @@ def _collect_status(conn: sqlite3.Connection, settings: Settings) -> Status:
             backlog = one("SELECT count(*) FROM events WHERE dseq > ?", cursor)
             oldest = one("SELECT min(received_at) FROM events WHERE dseq > ?", cursor)
         table = tables.get(name)
-        sinks.append(SinkStatus(
-            name, table.plugin if table else None, cursor, backlog, age(oldest), dead.get(name, 0)
-        ))
+        sinks.append(
+            SinkStatus(name, table.plugin if table else None, cursor, backlog, age(oldest), dead.get(name, 0))
+        )
     return Status(
         journal=str(path),
         events=one("SELECT count(*) FROM events"),
@@ -198,13 +198,15 @@ def format_status(status: Status) -> str:
     ]
     rows = [("sink", "plugin", "backlog", "oldest pending", "dead letters")]
     for sink in status.sinks:
-        rows.append((
-            sink.name,
-            sink.plugin or "(not configured)",
-            str(sink.backlog),
-            human_age(sink.oldest_pending_seconds),
-            str(sink.dead_letters),
-        ))
+        rows.append(
+            (
+                sink.name,
+                sink.plugin or "(not configured)",
+                str(sink.backlog),
+                human_age(sink.oldest_pending_seconds),
+                str(sink.dead_letters),
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(5)]
     for row in rows:
         cells = [

@@ -60,9 +60,7 @@ class Router(httputil.HTTPServerConnectionDelegate):
 
 
 class _Dispatch(httputil.HTTPMessageDelegate):
-    def __init__(
-        self, router: Router, server_conn: object, request_conn: httputil.HTTPConnection
-    ) -> None:
+    def __init__(self, router: Router, server_conn: object, request_conn: httputil.HTTPConnection) -> None:
         self.router = router
         self.server_conn = server_conn
         self.request_conn = request_conn

@@ -115,7 +115,9 @@ class SinkWorker:
             except Exception as exc:  # the sink boundary
                 delay = backoff_delay(attempt, self.table.backoff_initial, self.table.backoff_max)
                 self.log.error(
-                    "sink_start_failed", attempt=attempt, retry_in=round(delay, 3),
+                    "sink_start_failed",
+                    attempt=attempt,
+                    retry_in=round(delay, 3),
                     error=str(exc) or type(exc).__name__,
                 )
                 if await self._sleep_or_stop(delay):

@@ -13,8 +13,20 @@ import orjson
 
 KINDS = ("message", "status", "system")
 MESSAGE_TYPES = (
-    "text", "image", "video", "audio", "voice", "document", "sticker", "location",
-    "contacts", "interactive", "button", "reaction", "poll", "unknown",
+    "text",
+    "image",
+    "video",
+    "audio",
+    "voice",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "button",
+    "reaction",
+    "poll",
+    "unknown",
 )
 YEAR_10000 = 253_402_300_800  # epoch seconds; datetime's range ends just before
 STATUSES = ("pending", "sent", "delivered", "read", "played", "failed")
@@ -151,7 +163,7 @@ def phone_digits(address: Any) -> str | None:
         return None
     text = address.strip()
     if text.startswith("whatsapp:"):
-        text = text[len("whatsapp:"):]
+        text = text[len("whatsapp:") :]
     for suffix in ("@s.whatsapp.net", "@c.us"):
         if text.endswith(suffix):
             text = text[: -len(suffix)]

@@ -97,4 +97,3 @@ def wahookd_register_providers() -> list[Provider]:  # type: ignore[empty-body]
 
     A provider's `name` is the ``provider =`` value of a source. Called once at startup.
     """
-

@@ -375,9 +375,7 @@ class Journal:
             return done
         return self._submit(None, events)
 
-    def _insert_events(
-        self, conn: sqlite3.Connection, jobs: list[_Job]
-    ) -> list[tuple[list[Event], int]]:
+    def _insert_events(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[list[Event], int]]:
         """Commit the events of every intake job in the batch: (new events, duplicates) each.
 
         A few multi-row statements for the whole batch rather than two per event: every

@@ -86,9 +86,7 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None) -
     if json_output:
         processors.append(structlog.processors.JSONRenderer(serializer=_to_json))
         if _stream is None or _text is None:
-            _stream = io.BufferedWriter(
-                io.FileIO(sys.stderr.fileno(), "wb", closefd=False), BUFFER_BYTES
-            )
+            _stream = io.BufferedWriter(io.FileIO(sys.stderr.fileno(), "wb", closefd=False), BUFFER_BYTES)
             # Stdlib log records (Tornado's), tracebacks and the CLI's error line go through
             # the same buffer, which each of their lines flushes: lines keep their order.
             _text = io.TextIOWrapper(

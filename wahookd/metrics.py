@@ -52,55 +52,69 @@ def make_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     return Metrics(
         registry=registry,
         http_requests=Counter(
-            "wahookd_http_requests", "HTTP requests by source and status code",
-            ["source", "code"], registry=registry,
+            "wahookd_http_requests",
+            "HTTP requests by source and status code",
+            ["source", "code"],
+            registry=registry,
         ),
         request_duration=Histogram(
-            "wahookd_request_duration_seconds", "Webhook request handling time",
-            ["source"], buckets=LATENCY_BUCKETS, registry=registry,
+            "wahookd_request_duration_seconds",
+            "Webhook request handling time",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         ),
-        events=Counter(
-            "wahookd_events", "New events made durable", ["source", "kind"], registry=registry
-        ),
+        events=Counter("wahookd_events", "New events made durable", ["source", "kind"], registry=registry),
         duplicates=Counter(
-            "wahookd_duplicates", "Events already seen (provider retries)", ["source"],
+            "wahookd_duplicates",
+            "Events already seen (provider retries)",
+            ["source"],
             registry=registry,
         ),
         rejected=Counter(
-            "wahookd_rejected", "Requests refused, by reason", ["source", "reason"],
+            "wahookd_rejected",
+            "Requests refused, by reason",
+            ["source", "reason"],
             registry=registry,
         ),
         rate_limited=Counter(
             "wahookd_rate_limited", "Requests refused by the per-IP rate limit", registry=registry
         ),
         journal_commit=Histogram(
-            "wahookd_journal_commit_seconds", "Duration of one group commit (incl. fsync)",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "wahookd_journal_commit_seconds",
+            "Duration of one group commit (incl. fsync)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         ),
         sink_backlog=Gauge(
-            "wahookd_sink_backlog", "Events ready but not yet delivered to the sink", ["sink"],
+            "wahookd_sink_backlog",
+            "Events ready but not yet delivered to the sink",
+            ["sink"],
             registry=registry,
         ),
         sink_deliveries=Counter(
-            "wahookd_sink_deliveries", "Delivery attempts by outcome (delivered, retry, dead)",
-            ["sink", "outcome"], registry=registry,
+            "wahookd_sink_deliveries",
+            "Delivery attempts by outcome (delivered, retry, dead)",
+            ["sink", "outcome"],
+            registry=registry,
         ),
         sink_delivery_seconds=Histogram(
-            "wahookd_sink_delivery_seconds", "Duration of one delivery attempt", ["sink"],
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "wahookd_sink_delivery_seconds",
+            "Duration of one delivery attempt",
+            ["sink"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         ),
         dead_letters=Gauge(
             "wahookd_dead_letters", "Events in the dead-letter store", ["sink"], registry=registry
         ),
         media_downloads=Counter(
-            "wahookd_media_downloads", "Media downloads by outcome", ["source", "outcome"],
+            "wahookd_media_downloads",
+            "Media downloads by outcome",
+            ["source", "outcome"],
             registry=registry,
         ),
-        media_bytes=Counter(
-            "wahookd_media_bytes", "Media bytes stored", registry=registry
-        ),
-        dedupe_entries=Gauge(
-            "wahookd_dedupe_entries", "Entries in the dedupe index", registry=registry
-        ),
+        media_bytes=Counter("wahookd_media_bytes", "Media bytes stored", registry=registry),
+        dedupe_entries=Gauge("wahookd_dedupe_entries", "Entries in the dedupe index", registry=registry),
         build_info=build_info,
     )

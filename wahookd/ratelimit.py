@@ -16,7 +16,10 @@ class RateLimiter:
     """
 
     def __init__(
-        self, rate: float, burst: int, max_clients: int,
+        self,
+        rate: float,
+        burst: int,
+        max_clients: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate
@@ -44,9 +47,7 @@ class RateLimiter:
         return len(self._buckets)
 
 
-def client_ip(
-    peer: str, forwarded_for: str | None, trusted: Sequence[IPv4Network | IPv6Network]
-) -> str:
+def client_ip(peer: str, forwarded_for: str | None, trusted: Sequence[IPv4Network | IPv6Network]) -> str:
     """The client's address: `X-Forwarded-For` is believed only from trusted proxies.
 
     Walk the chain from the right and stop at the first address that is not a trusted

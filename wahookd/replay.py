@@ -139,8 +139,7 @@ def journal_items(conn: sqlite3.Connection, since: float | None) -> Iterator[Ite
     last = 0
     while True:
         rows = conn.execute(
-            "SELECT dseq, body FROM events WHERE dseq > ? AND received_at >= ? "
-            "ORDER BY dseq LIMIT ?",
+            "SELECT dseq, body FROM events WHERE dseq > ? AND received_at >= ? ORDER BY dseq LIMIT ?",
             (last, since or 0.0, REPLAY_BATCH),
         ).fetchall()
         if not rows:
@@ -234,8 +233,7 @@ async def _replay_batch(
                 result.errors.append(f"{item.event.get('id')}: {error}")
             if item.dead_id is not None:
                 conn.execute(
-                    "UPDATE dead_letters SET attempts = attempts + ?, error = ?, failed_at = ? "
-                    "WHERE id = ?",
+                    "UPDATE dead_letters SET attempts = attempts + ?, error = ?, failed_at = ? WHERE id = ?",
                     (attempts, error[:1000], time.time(), item.dead_id),
                 )
     # Only what the sink has made durable leaves the dead-letter store.

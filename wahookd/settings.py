@@ -128,6 +128,7 @@ class StateSettings(Section):
     def _absolute(cls, value: Path) -> Path:
         # Sinks and the media store resolve their paths against it; pin it to one place.
         return value.expanduser().absolute()
+
     retention_days: float = Field(
         7.0, ge=0, description="keep delivered events this long for `wahookd replay`"
     )
@@ -164,9 +165,7 @@ class SourceSettings(Section):
     allow_ips: list[Network] = Field(
         default_factory=list, description="optional CIDR allow-list; empty allows any address"
     )
-    token_header: str = Field(
-        "apikey", description="Evolution: the header carrying the shared token"
-    )
+    token_header: str = Field("apikey", description="Evolution: the header carrying the shared token")
     access_token: SecretStr | None = Field(None, description="bearer token for fetching media")
     api_key: SecretStr | None = Field(None, description="API key for fetching media")
     api_url: str | None = Field(
@@ -225,9 +224,7 @@ class SinkSettings(BaseModel):
     # 25 tries with the default backoff is about 1.5 hours: a target that is down for a
     # while loses nothing to the dead letters, a poison event still ends there.
     max_attempts: int = Field(25, ge=1, description="tries before an event is dead-lettered")
-    max_age: float = Field(
-        86400.0, gt=0, description="seconds after which a failing event is dead-lettered"
-    )
+    max_age: float = Field(86400.0, gt=0, description="seconds after which a failing event is dead-lettered")
     backoff_initial: float = Field(1.0, gt=0, description="first retry delay in seconds")
     backoff_max: float = Field(300.0, gt=0, description="longest retry delay in seconds")
 
@@ -331,6 +328,6 @@ def describe_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) ->
         elif error["type"] == "missing":
             message = "field required"
         elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
+            message = message[len("Value error, ") :]
         lines.append(f"{'.'.join(loc) or '(top)'}: {message}")
     return lines

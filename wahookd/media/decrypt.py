@@ -55,9 +55,7 @@ def derive_keys(media_key: bytes, info: bytes) -> MediaKeys:
 
     if len(media_key) != 32:
         raise MediaIntegrityError("mediaKey is not 32 bytes")
-    expanded = HKDF(algorithm=hashes.SHA256(), length=112, salt=None, info=info).derive(
-        media_key
-    )
+    expanded = HKDF(algorithm=hashes.SHA256(), length=112, salt=None, info=info).derive(media_key)
     return MediaKeys(iv=expanded[:16], cipher_key=expanded[16:48], mac_key=expanded[48:80])
 
 

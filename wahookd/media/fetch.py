@@ -101,9 +101,7 @@ class _BodyWriter:
 class Fetcher:
     """Guarded GETs: `download` to a file, `get_json` for small API answers."""
 
-    def __init__(
-        self, allow_hosts: list[str], max_bytes: int, timeout: float, max_clients: int = 10
-    ) -> None:
+    def __init__(self, allow_hosts: list[str], max_bytes: int, timeout: float, max_clients: int = 10) -> None:
         self.allow = AllowList.parse(allow_hosts)
         self.max_bytes = max_bytes
         self.too_big = f"body over max_bytes ({max_bytes})"
@@ -171,9 +169,7 @@ class Fetcher:
                     raise MediaError(f"redirect without Location from {host}")
                 next_url = urljoin(url, location)
                 if _origin(next_url) != _origin(url):
-                    headers = {
-                        k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS
-                    }
+                    headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
                 url = next_url
                 continue
             if response.code == 200:
@@ -182,9 +178,7 @@ class Fetcher:
             raise MediaError(f"HTTP {response.code} from {host}", retry=retry)
         raise MediaRefused(f"more than {MAX_REDIRECTS} redirects")
 
-    async def _get(
-        self, url: str, host: str, headers: dict[str, str], writer: _BodyWriter
-    ) -> HTTPResponse:
+    async def _get(self, url: str, host: str, headers: dict[str, str], writer: _BodyWriter) -> HTTPResponse:
         request = HTTPRequest(
             url,
             method="GET",

@@ -220,9 +220,7 @@ def digest_matches(expected: str, digest: bytes) -> bool:
     return hmac.compare_digest(decoded, digest)
 
 
-async def retrieve_meta(
-    raw: Any, source: SourceSettings, fetcher: Fetcher, workdir: Path
-) -> Retrieved:
+async def retrieve_meta(raw: Any, source: SourceSettings, fetcher: Fetcher, workdir: Path) -> Retrieved:
     token = secret_text(source.access_token)
     if not token:
         raise MediaError("source has no access_token for the Graph API")
@@ -251,9 +249,7 @@ async def retrieve_meta(
 # --- Twilio, WAHA ----------------------------------------------------------------------
 
 
-async def retrieve_twilio(
-    raw: Any, source: SourceSettings, fetcher: Fetcher, workdir: Path
-) -> Retrieved:
+async def retrieve_twilio(raw: Any, source: SourceSettings, fetcher: Fetcher, workdir: Path) -> Retrieved:
     url = get_path(raw, "MediaUrl0")
     if not isinstance(url, str) or not url:
         raise MediaError("no MediaUrl0 in the message")
@@ -268,9 +264,7 @@ async def retrieve_twilio(
     return await _plain_download(url, "twilio", source, headers, fetcher, workdir)
 
 
-async def retrieve_waha(
-    raw: Any, source: SourceSettings, fetcher: Fetcher, workdir: Path
-) -> Retrieved:
+async def retrieve_waha(raw: Any, source: SourceSettings, fetcher: Fetcher, workdir: Path) -> Retrieved:
     url = get_path(raw, "media", "url") or get_path(raw, "payload", "media", "url")
     if not isinstance(url, str) or not url:
         raise MediaError("no media.url in the message")

@@ -36,9 +36,7 @@ class S3Store:
             # The system trust store (and $SSL_CERT_FILE): where a self-hosted MinIO's CA lives.
             cert_reqs="CERT_REQUIRED",
             # Few quick retries here: the media stage has its own backoff.
-            retries=urllib3.Retry(
-                total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
-            ),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
         self._client = Minio(
             endpoint,

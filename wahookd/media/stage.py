@@ -149,9 +149,7 @@ class MediaStage:
             self._spawn(seq, event)
 
     def _spawn(self, seq: int, event: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._handle(seq, event), name=f"media-{seq}"
-        )
+        task = asyncio.get_running_loop().create_task(self._handle(seq, event), name=f"media-{seq}")
         self._tasks[seq] = task
         task.add_done_callback(functools.partial(self._forget, seq))
 
@@ -197,17 +195,17 @@ class MediaStage:
             delay = min(self.backoff_initial * 2 ** (attempt - 1), BACKOFF_MAX)
             self._count(source, "retry")
             self.log.info(
-                "media_retry", source=source, seq=seq, attempt=attempt, delay=delay,
+                "media_retry",
+                source=source,
+                seq=seq,
+                attempt=attempt,
+                delay=delay,
                 reason=error.reason,
             )
             await asyncio.sleep(delay)
 
-    async def _attempt(
-        self, seq: int, event: dict[str, Any], media: dict[str, Any], source: str
-    ) -> None:
-        retrieved = await retrieve(
-            event, self.settings.sources.get(source), self.fetcher, self.workdir
-        )
+    async def _attempt(self, seq: int, event: dict[str, Any], media: dict[str, Any], source: str) -> None:
+        retrieved = await retrieve(event, self.settings.sources.get(source), self.fetcher, self.workdir)
         try:
             mime = bare_mime(media.get("mime_type")) or bare_mime(retrieved.content_type)
             key = object_key(source, received_day(event), retrieved.sha256, mime)

@@ -85,9 +85,7 @@ class MetaProvider(Provider):
         expected = source.verify_token.get_secret_value().encode()
         return challenge if hmac.compare_digest(token.encode(), expected) else None
 
-    def parse(
-        self, request: InboundRequest, source_name: str, source: SourceSettings
-    ) -> list[Event]:
+    def parse(self, request: InboundRequest, source_name: str, source: SourceSettings) -> list[Event]:
         body = load_json_object(request.body)
         entries = body.get("entry")
         if not isinstance(entries, list):
@@ -139,9 +137,7 @@ class MetaProvider(Provider):
             value["messages"] = [message]
         body = {
             "object": "whatsapp_business_account",
-            "entry": [
-                {"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}
-            ],
+            "entry": [{"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}],
         }
         return json.dumps(body).encode(), "application/json"
 
@@ -303,8 +299,6 @@ def _system(source_name: str, field: str, raw: Any) -> Event:
         event=field,
         raw=raw,
     )
-    event.timestamp = timestamp(get_path(raw, "value", "timestamp")) or timestamp(
-        get_path(raw, "timestamp")
-    )
+    event.timestamp = timestamp(get_path(raw, "value", "timestamp")) or timestamp(get_path(raw, "timestamp"))
     event.error = first_error(get_path(raw, "value", "errors"))
     return event

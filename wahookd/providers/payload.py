@@ -91,9 +91,7 @@ def load_form(body: bytes) -> dict[str, str]:
 def form_pairs(body: bytes) -> list[tuple[str, str]] | None:
     """Every name/value pair of a form body, or None when it does not decode."""
     try:
-        return parse_qsl(
-            body.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict"
-        )
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict")
     except ValueError:
         return None
 

@@ -104,16 +104,12 @@ class StandardProvider(Provider):
             request.body,
         )
 
-    def parse(
-        self, request: InboundRequest, source_name: str, source: SourceSettings
-    ) -> list[Event]:
+    def parse(self, request: InboundRequest, source_name: str, source: SourceSettings) -> list[Event]:
         body = load_json_object(request.body)
         msg_id = header(request.headers, "webhook-id") or content_id("standard", body)
         name = text(body.get("type")) or "webhook"
         data = as_object(body.get("data"), body)
-        event = Event(
-            id=msg_id, source=source_name, provider="standard", kind="system", event=name, raw=body
-        )
+        event = Event(id=msg_id, source=source_name, provider="standard", kind="system", event=name, raw=body)
         event.timestamp = (
             timestamp(body.get("timestamp"))
             or timestamp(data.get("timestamp"))
@@ -131,9 +127,7 @@ class StandardProvider(Provider):
             event.message_id = _message_id(data)
             event.text = text(data.get("text")) or text(data.get("body"))
             declared = data.get("type")
-            event.type = (
-                declared if declared in MESSAGE_TYPES else ("text" if event.text else "unknown")
-            )
+            event.type = declared if declared in MESSAGE_TYPES else ("text" if event.text else "unknown")
             event.chat_id = phone_digits(text(data.get("chat_id")))
             event.sender = phone_digits(text(data.get("from")))
             event.to = phone_digits(text(data.get("to")))

@@ -153,16 +153,13 @@ class TwilioProvider(Provider):
                 found |= hmac.compare_digest(given, expected)
         return found
 
-    def parse(
-        self, request: InboundRequest, source_name: str, source: SourceSettings
-    ) -> list[Event]:
+    def parse(self, request: InboundRequest, source_name: str, source: SourceSettings) -> list[Event]:
         # JSON exactly when verify() took it as JSON: said so, or signed through bodySHA256.
         signed_body = "bodySHA256=" in (urlsplit(request.url).query if request.url else "")
         if request.content_type == "application/json" or (not request.content_type and signed_body):
             body = load_json_object(request.body)
             fields = {
-                key: value if isinstance(value, str) else json.dumps(value)
-                for key, value in body.items()
+                key: value if isinstance(value, str) else json.dumps(value) for key, value in body.items()
             }
         else:
             fields = load_form(request.body)
@@ -216,11 +213,7 @@ class TwilioProvider(Provider):
 
 
 def _event(source_name: str, fields: dict[str, str]) -> Event:
-    sid = (
-        text(fields.get("MessageSid"))
-        or text(fields.get("SmsMessageSid"))
-        or text(fields.get("SmsSid"))
-    )
+    sid = text(fields.get("MessageSid")) or text(fields.get("SmsMessageSid")) or text(fields.get("SmsSid"))
     raw_status = (text(fields.get("MessageStatus")) or "").lower()
     status = STATUSES.get(raw_status)
     if sid is None and not fields:

@@ -88,9 +88,7 @@ class WahaProvider(Provider):
             found |= hmac.compare_digest(given, expected)
         return found
 
-    def parse(
-        self, request: InboundRequest, source_name: str, source: SourceSettings
-    ) -> list[Event]:
+    def parse(self, request: InboundRequest, source_name: str, source: SourceSettings) -> list[Event]:
         body = load_json_object(request.body)
         name = text(body.get("event"))
         if name is None:
@@ -112,9 +110,7 @@ class WahaProvider(Provider):
             event=name,
             raw=body,
         )
-        event.timestamp = timestamp(get_path(payload, "timestamp")) or timestamp(
-            body.get("timestamp")
-        )
+        event.timestamp = timestamp(get_path(payload, "timestamp")) or timestamp(body.get("timestamp"))
         return [event]
 
     def sample(self, kind: str) -> tuple[bytes, str]:
@@ -187,9 +183,7 @@ def _ack(payload: dict[str, Any]) -> str | None:
     return ACK_NAMES.get(name.upper()) if name else None
 
 
-def _base(
-    source_name: str, name: str, kind: str, payload: dict[str, Any], event_id: str | None
-) -> Event:
+def _base(source_name: str, name: str, kind: str, payload: dict[str, Any], event_id: str | None) -> Event:
     message_id = ident(payload.get("id"))
     if isinstance(payload.get("id"), dict):  # some engines give the whatsapp-web.js id object
         message_id = ident(get_path(payload, "id", "_serialized"))

@@ -50,9 +50,7 @@ class WasenderProvider(Provider):
             return False
         return constant_time_in(signature.encode(), source.secret_values())
 
-    def parse(
-        self, request: InboundRequest, source_name: str, source: SourceSettings
-    ) -> list[Event]:
+    def parse(self, request: InboundRequest, source_name: str, source: SourceSettings) -> list[Event]:
         body = load_json_object(request.body)
         event_name = text(body.get("event"))
         if event_name is None:
@@ -133,9 +131,7 @@ def _messages_of(data: Any) -> list[Any]:
 class _Builder:
     """Makes the events of one Wasender request."""
 
-    def __init__(
-        self, source_name: str, event_name: str, envelope_time: Any, body: dict[str, Any]
-    ) -> None:
+    def __init__(self, source_name: str, event_name: str, envelope_time: Any, body: dict[str, Any]) -> None:
         self.body = body
         self.source = source_name
         self.event = event_name
@@ -224,9 +220,7 @@ class _Builder:
         event.from_me = own.from_me
         event.type = "reaction"
         event.text = text(reaction.get("text"))
-        event.timestamp = timestamp(reaction.get("senderTimestampMs")) or timestamp(
-            self.envelope_time
-        )
+        event.timestamp = timestamp(reaction.get("senderTimestampMs")) or timestamp(self.envelope_time)
         return event
 
     def system(self, data: Any) -> Event:

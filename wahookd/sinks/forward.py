@@ -45,9 +45,7 @@ class ForwardOptions(BaseModel):
 
     url: str = Field(description="where to POST each event (http:// or https://)")
     # Required: SPEC §6 has forward sign what it sends, so a receiver can always verify.
-    secret: SecretStr = Field(
-        description='Standard Webhooks signing secret ("whsec_<base64>" or raw text)'
-    )
+    secret: SecretStr = Field(description='Standard Webhooks signing secret ("whsec_<base64>" or raw text)')
     timeout: float = Field(10.0, gt=0, le=600, description="seconds for one request, all in")
     connect_timeout: float | None = Field(
         None, gt=0, description="seconds to connect; default the smaller of timeout and 5"
@@ -80,7 +78,7 @@ def signing_key(secret: str) -> bytes:
     """The HMAC key: base64 after ``whsec_`` (Standard Webhooks), else the raw bytes."""
     if secret.startswith("whsec_"):
         try:
-            return base64.b64decode(secret[len("whsec_"):], validate=True)
+            return base64.b64decode(secret[len("whsec_") :], validate=True)
         except binascii.Error:
             raise ValueError("a whsec_ secret must be base64 after the prefix") from None
     return secret.encode()

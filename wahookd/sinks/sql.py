@@ -45,9 +45,7 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,30}$")
 class SqlOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: SecretStr | None = Field(
-        None, description="SQLAlchemy URL; default sqlite:///<state.dir>/events.db"
-    )
+    url: SecretStr | None = Field(None, description="SQLAlchemy URL; default sqlite:///<state.dir>/events.db")
     table_prefix: str = Field("", description="prefix for the table names, e.g. wahookd_")
     pool_size: int = Field(4, ge=1, le=64, description="PostgreSQL connections (and threads)")
 

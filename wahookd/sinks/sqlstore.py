@@ -75,7 +75,8 @@ def define_tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
     metadata = MetaData()
     when = DateTime(timezone=True)
     events = Table(
-        f"{prefix}events", metadata,
+        f"{prefix}events",
+        metadata,
         Column("id", String(255), primary_key=True),
         Column("source", String(255), nullable=False),
         Column("provider", String(64), nullable=False),
@@ -100,7 +101,8 @@ def define_tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
         Index(f"{prefix}events_received", "received_at"),
     )
     status = Table(
-        f"{prefix}message_status", metadata,
+        f"{prefix}message_status",
+        metadata,
         Column("source", String(255), primary_key=True),
         Column("message_id", String(255), primary_key=True),
         Column("status", String(16), nullable=False),
@@ -113,7 +115,8 @@ def define_tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
         Column("updated_at", when, nullable=False),
     )
     schema = Table(
-        f"{prefix}wahookd_schema", metadata,
+        f"{prefix}wahookd_schema",
+        metadata,
         Column("component", String(64), primary_key=True),
         Column("version", Integer, nullable=False),
         Column("updated_at", when, nullable=False),
@@ -223,7 +226,8 @@ class SqlSink:
                 if version is None:
                     conn.execute(
                         schema.insert().values(
-                            component=SCHEMA_COMPONENT, version=SCHEMA_VERSION,
+                            component=SCHEMA_COMPONENT,
+                            version=SCHEMA_VERSION,
                             updated_at=datetime.now(UTC),
                         )
                     )
@@ -264,8 +268,18 @@ class SqlSink:
             "kind": event.get("kind") or "",
             **{
                 name: event.get(name)
-                for name in ("event", "message_id", "chat_id", "from", "to", "from_me",
-                             "sender_name", "type", "text", "status")
+                for name in (
+                    "event",
+                    "message_id",
+                    "chat_id",
+                    "from",
+                    "to",
+                    "from_me",
+                    "sender_name",
+                    "type",
+                    "text",
+                    "status",
+                )
             },
             "media": as_json(event.get("media")),
             "error": as_json(event.get("error")),

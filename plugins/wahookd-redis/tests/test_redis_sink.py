@@ -47,9 +47,7 @@ def deliver(tmp_path: Path, events: list[dict[str, Any]], **options: Any) -> Non
     asyncio.run(run_sink(SPEC, {"url": REDIS_URL, **options}, events, state_dir=tmp_path))
 
 
-def test_each_event_becomes_one_stream_entry_with_the_event_as_json(
-    tmp_path: Path, stream: str
-) -> None:
+def test_each_event_becomes_one_stream_entry_with_the_event_as_json(tmp_path: Path, stream: str) -> None:
     events = [make_event(text="olá"), make_event(kind="status", type=None, status="read")]
     deliver(tmp_path, events, stream=stream)
     got = entries(stream)
@@ -61,9 +59,7 @@ def test_each_event_becomes_one_stream_entry_with_the_event_as_json(
     assert json.loads(got[0]["event"]) == events[0]
 
 
-def test_a_repeated_event_adds_nothing_also_from_a_new_sink_instance(
-    tmp_path: Path, stream: str
-) -> None:
+def test_a_repeated_event_adds_nothing_also_from_a_new_sink_instance(tmp_path: Path, stream: str) -> None:
     first, second = make_event(), make_event()
     deliver(tmp_path, [first, first], stream=stream)
     deliver(tmp_path, [first, second], stream=stream)  # a restart repeats what came before
@@ -103,8 +99,7 @@ def test_redis_down_is_a_retryable_error(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
 
     async def scenario() -> None:
-        sink = build_sink(SPEC, {"url": f"redis://127.0.0.1:{port}/0", "timeout": 1},
-                          state_dir=tmp_path)
+        sink = build_sink(SPEC, {"url": f"redis://127.0.0.1:{port}/0", "timeout": 1}, state_dir=tmp_path)
         with pytest.raises(DeliveryError, match="redis"):
             await sink.deliver(make_event())
         await sink.close()  # type: ignore[attr-defined]
@@ -114,8 +109,14 @@ def test_redis_down_is_a_retryable_error(tmp_path: Path) -> None:
 
 def test_url_may_come_from_a_file(tmp_path: Path, stream: str) -> None:
     (tmp_path / "redis-url").write_text(REDIS_URL + "\n")
-    asyncio.run(run_sink(SPEC, {"url_file": str(tmp_path / "redis-url"), "stream": stream},
-                         [make_event()], state_dir=tmp_path))
+    asyncio.run(
+        run_sink(
+            SPEC,
+            {"url_file": str(tmp_path / "redis-url"), "stream": stream},
+            [make_event()],
+            state_dir=tmp_path,
+        )
+    )
     assert len(entries(stream)) == 1
 
 

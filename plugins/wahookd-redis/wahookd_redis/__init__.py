@@ -43,14 +43,10 @@ return {1, entry}
 class RedisOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: SecretStr = Field(
-        SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss:// URL"
-    )
+    url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss:// URL")
     stream: str = Field("wahookd:events", min_length=1, description="the stream key")
     maxlen: int = Field(0, ge=0, description="trim to about this many entries; 0 keeps all")
-    dedupe_ttl: int = Field(
-        7 * 86400, gt=0, description="seconds an event id is remembered against repeats"
-    )
+    dedupe_ttl: int = Field(7 * 86400, gt=0, description="seconds an event id is remembered against repeats")
     timeout: float = Field(5.0, gt=0, description="seconds for one Redis command")
 
     @model_validator(mode="before")
@@ -88,9 +84,7 @@ class RedisStreamSink:
         for name, value in fields.items():
             args += [name, value]
         try:
-            added, entry = await self.add_once(
-                keys=[self.options.stream, self.seen_key(event_id)], args=args
-            )
+            added, entry = await self.add_once(keys=[self.options.stream, self.seen_key(event_id)], args=args)
         except (RedisError, OSError) as exc:  # down, timed out, OOM: all worth a retry
             raise DeliveryError(f"redis: {exc}") from None
         if not added:
