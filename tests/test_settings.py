@@ -129,7 +129,7 @@ def test_errors_name_the_full_path_of_each_problem(tmp_path: Path) -> None:
     problems = caught.value.problems
     assert any(p.startswith("server.max_body_bytes:") for p in problems)
     assert "server.colour: unknown key" in problems
-    assert any(p.startswith("sources.shop:") and "/nonexistent/secret" in p for p in problems)
+    assert any(p.startswith("sources.shop.secret_file:") and "/nonexistent/secret" in p for p in problems)
     assert "sinks.archive.plugin: field required" in problems
 
 
@@ -208,3 +208,146 @@ def test_ports_and_networks_get_clear_errors(tmp_path: Path) -> None:
         "server.listen: expected host:port with a port from 1 to 65535, got '127.0.0.1:99999'",
         "server.trusted_proxies.0: 'notanip' is not an IP address or CIDR network",
     ]
+
+
+# -- fail closed on secrets ------------------------------------------------------------
+
+PROVIDERS = ["wasender", "meta", "twilio", "waha", "evolution", "standard"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("secret", ['secret = ""', 'secret = "   "', 'secrets = [" \\t "]'])
+def test_an_empty_secret_is_a_config_error_for_every_provider(
+    tmp_path: Path, provider: str, secret: str
+) -> None:
+    path = write(tmp_path, f'[sources.fb]\nprovider = "{provider}"\n{secret}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert any("must not be empty" in problem for problem in caught.value.problems)
+    assert all(problem.startswith("sources.fb.secret") for problem in caught.value.problems)
+
+
+def test_an_empty_secret_file_is_a_config_error_naming_the_file_key(tmp_path: Path) -> None:
+    (tmp_path / "app-secret").write_text(" \n")
+    path = write(tmp_path, '[sources.fb]\nprovider = "meta"\nsecret_file = "app-secret"\n')
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.startswith("wahookd: error: sources.fb.secret_file: ")
+    assert "is empty" in result.stderr
+
+
+def test_an_empty_secret_from_the_environment_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, '[sources.fb]\nprovider = "meta"\nsecret = "good"\n')
+    env = {"WAHOOKD_SOURCES__FB__SECRET": "", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "wahookd.cli", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "sources.fb.secret: must not be empty" in result.stderr
+
+
+def test_an_empty_forward_secret_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, '[sinks.crm]\nplugin = "forward"\nurl = "http://127.0.0.1:9/"\nsecret = " "\n')
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert "sinks.crm.secret: must not be empty" in result.stderr
+
+
+def test_secrets_file_holds_one_secret_per_line(tmp_path: Path) -> None:
+    (tmp_path / "rotation").write_text("# current first\nnew-secret\n\nold-secret\n")
+    path = write(tmp_path, '[sources.fb]\nprovider = "meta"\nsecrets_file = "rotation"\n')
+    settings, _ = load_settings(path)
+    assert settings.sources["fb"].secret_values() == [b"new-secret", b"old-secret"]
+
+
+# -- configuration that explains itself ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["10.0.0.0/8", "10.0.0.0/8,192.168.0.0/16", '["10.0.0.0/8", "192.168.0.0/16"]']
+)
+def test_list_settings_from_the_environment_are_json_or_comma_separated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("WAHOOKD_SERVER__TRUSTED_PROXIES", value)
+    settings, _ = load_settings(write(tmp_path, ""))
+    assert str(settings.server.trusted_proxies[0]) == "10.0.0.0/8"
+    assert len(settings.server.trusted_proxies) == (1 if value == "10.0.0.0/8" else 2)
+
+
+def test_a_list_setting_from_the_environment_does_not_crash_check_config(tmp_path: Path) -> None:
+    env = {"WAHOOKD_SERVER__TRUSTED_PROXIES": "10.0.0.0/8", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "wahookd.cli", "check-config", "--config", str(write(tmp_path, ""))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_sink_secret_file_resolves_against_the_config_directory_from_any_cwd(tmp_path: Path) -> None:
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    (config_dir / "crm-secret").write_text("s3cret")
+    (config_dir / "crm-headers").write_text("Authorization: Bearer t0ken\n")
+    path = config_dir / "wahookd.toml"
+    path.write_text(
+        f'[state]\ndir = "{tmp_path}/state"\n'
+        '[sinks.crm]\nplugin = "forward"\nurl = "http://127.0.0.1:9/"\n'
+        'secret_file = "crm-secret"\nheaders_file = "crm-headers"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for cwd in (config_dir, elsewhere):
+        result = subprocess.run(
+            [sys.executable, "-m", "wahookd.cli", "check-config", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=cwd,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("listen", ["not a host:8080", "[nope]:8080", "exa_mple.com:80"])
+def test_an_invalid_listen_host_fails_check_config(tmp_path: Path, listen: str) -> None:
+    result = run_cli("check-config", "--config", str(write(tmp_path, f'[server]\nlisten = "{listen}"\n')))
+    assert result.returncode == 1
+    assert result.stderr.startswith("wahookd: error: server.listen: ")
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8080", "[::1]:8080", ":8080", "localhost:8080", "hooks.lan:80"])
+def test_valid_listen_addresses_pass(listen: str) -> None:
+    from wahookd.settings import ServerSettings
+
+    assert ServerSettings(listen=listen).listen == listen
+
+
+def test_a_file_sink_under_an_unwritable_path_fails_check_config(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f'[state]\ndir = "{tmp_path}/state"\n[sinks.archive]\nplugin = "file"\npath = "/proc/nope/events.jsonl"\n',
+    )
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.startswith("wahookd: error: sinks.archive.path: cannot write under /proc")
+
+
+def test_check_config_reports_core_and_plugin_problems_together(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nlisten = "not a host:1"\n'
+        '[sources.fb]\nprovider = "meta"\nsecret_file = "missing"\n'
+        '[sinks.crm]\nplugin = "forward"\nurl = "ftp://x"\nsecret = "s"\n',
+    )
+    result = run_cli("check-config", "--config", str(path))
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("wahookd: error: server.listen:") for line in lines)
+    assert any(line.startswith("wahookd: error: sources.fb.secret_file: cannot read") for line in lines)
+    assert any(line.startswith("wahookd: error: sinks.crm.url:") for line in lines)

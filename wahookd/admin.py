@@ -69,7 +69,12 @@ def run_replay(args: argparse.Namespace) -> int:
     since = parse_since(args.since)
     conn = open_journal(settings.state.dir, write=bool(args.dead))
     registry = collect(get_plugin_manager())
-    sinks = {name: build_sink(name, tables[name], registry, sink_context(name, settings)) for name in names}
+    sinks = {
+        name: build_sink(
+            name, tables[name], registry, sink_context(name, settings), settings.validation_context
+        )
+        for name in names
+    }
 
     async def replay_all() -> list[ReplayResult]:
         return [

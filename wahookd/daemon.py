@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -58,26 +59,48 @@ class Prepared:
 def prepare(config: str | None) -> Prepared:
     """Load and check everything that can be checked before binding a port.
 
-    Every problem is reported at once: when the file does not validate as a whole, its
-    sources and sinks are still checked one by one.
+    The one place a configuration is judged: `check-config`, `serve` and a reload all call
+    it, so they say the same thing about the same file. Every problem is reported at once:
+    when the file does not validate as a whole, its sources and sinks are still checked one
+    by one, plugin options included.
     """
     registry = collect(get_plugin_manager())
     try:
         settings, path = load_settings(config)
     except ConfigError as exc:
-        raise ConfigError(unique(exc.problems + table_problems(exc.data or {}, registry))) from None
-    problems: list[str] = []
+        more = table_problems(exc.data or {}, exc.context, registry)
+        raise ConfigError(unique(exc.problems + more)) from None
+    problems = server_problems(settings)
     for name, source in settings.sources.items():
         problems.extend(source_problems(name, source, registry))
     sinks: dict[str, Sink] = {}
     for name, table in settings.effective_sinks().items():
         try:
-            sinks[name] = build_sink(name, table, registry, sink_context(name, settings))
+            sinks[name] = build_sink(
+                name, table, registry, sink_context(name, settings), settings.validation_context
+            )
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
     return Prepared(settings, path, registry, sinks)
+
+
+def server_problems(settings: Settings) -> list[str]:
+    server = settings.server
+    if server.tls_cert is None or server.tls_key is None:
+        return []
+    try:
+        tls_context(server.tls_cert, server.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        return [f"server.tls_cert: cannot load {server.tls_cert} with {server.tls_key}: {exc}"]
+    return []
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def source_problems(name: str, source: SourceSettings, registry: Registry) -> list[str]:
@@ -92,24 +115,25 @@ def source_problems(name: str, source: SourceSettings, registry: Registry) -> li
     return []
 
 
-def table_problems(data: dict[str, Any], registry: Registry) -> list[str]:
+def table_problems(data: dict[str, Any], context: dict[str, Any], registry: Registry) -> list[str]:
     """The per-source and per-sink checks, on the tables of a file that failed as a whole."""
     problems: list[str] = []
     try:
-        defaults = Settings()
-    except ValidationError:  # the environment itself is wrong: already reported
-        return problems
+        defaults = Settings.model_validate({"state": data.get("state", {})}, context=context)
+    except ValidationError:
+        defaults = Settings.model_validate({}, context=context)
     sources = data.get("sources")
     for name, table in (sources if isinstance(sources, dict) else {}).items():
         try:
-            problems.extend(source_problems(name, SourceSettings.model_validate(table), registry))
+            source = SourceSettings.model_validate(table, context=context)
         except (ValidationError, ValueError):
             continue  # already reported by the whole-file validation
+        problems.extend(source_problems(name, source, registry))
     sinks = data.get("sinks")
     for name, table in (sinks if isinstance(sinks, dict) else {}).items():
         try:
             sink_table = SinkSettings.model_validate(table)
-            build_sink(name, sink_table, registry, sink_context(name, defaults))
+            build_sink(name, sink_table, registry, sink_context(name, defaults), context)
         except ConfigError as exc:
             problems.extend(exc.problems)
         except (ValidationError, ValueError):

@@ -36,14 +36,23 @@ from wahookd.settings import Settings, SinkSettings, describe_errors
 BATCH = 500
 
 
-def build_sink(name: str, table: SinkSettings, registry: Registry, context: SinkContext) -> Sink:
-    """Validate the sink's own keys with its plugin's model and build it."""
+def build_sink(
+    name: str,
+    table: SinkSettings,
+    registry: Registry,
+    context: SinkContext,
+    validation_context: dict[str, Any] | None = None,
+) -> Sink:
+    """Validate the sink's own keys with its plugin's model and build it.
+
+    `validation_context` is `Settings.validation_context`: relative `_file` paths in the
+    sink's options resolve as the core's do (`wahookd.settings.resolve_file`)."""
     spec = registry.sinks.get(table.plugin)
     if spec is None:
         known = ", ".join(sorted(registry.sinks)) or "none"
         raise ConfigError([f"sinks.{name}.plugin: unknown sink plugin {table.plugin!r} (installed: {known})"])
     try:
-        options = spec.options.model_validate(table.plugin_options())
+        options = spec.options.model_validate(table.plugin_options(), context=validation_context)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, prefix=("sinks", name))) from None
     try:

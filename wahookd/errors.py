@@ -14,9 +14,15 @@ class WahookdError(Exception):
 class ConfigError(WahookdError):
     """The configuration is invalid; `problems` holds one line per problem."""
 
-    def __init__(self, problems: list[str], data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        problems: list[str],
+        data: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
         self.problems = problems
-        self.data = data  # the parsed TOML, when the file parsed but did not validate
+        self.data = data  # the parsed table, when the file parsed but did not validate
+        self.context = context or {}  # its validation context (the config file's directory)
         super().__init__("; ".join(problems))
 
 

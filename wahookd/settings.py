@@ -1,34 +1,47 @@
 """Configuration: one TOML file, every key overridable from the environment (SPEC §5).
 
 Precedence: `WAHOOKD_*` environment variables (``__`` nests: ``WAHOOKD_SERVER__LISTEN``)
-over the TOML file over the defaults below. Any secret may be given as ``<key>_file``;
-relative paths resolve against ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``),
-else against the config file's directory. Unknown keys are errors naming their full path.
+over the TOML file over the defaults below. A list setting from the environment is JSON
+(``["10.0.0.0/8"]``) or comma-separated (``10.0.0.0/8,192.168.0.0/16``). Any secret may be
+given as ``<key>_file``; relative paths resolve against ``$CREDENTIALS_DIRECTORY`` (systemd
+``LoadCredential=``), else against the config file's directory — one rule, in
+`resolve_file`, with the config file's directory passed through pydantic's validation
+context. An empty or whitespace-only secret is an error, never a key: an HMAC with an empty
+key is forgeable by anyone. Unknown keys are errors naming their full path.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_settings import EnvSettingsSource
 
 from wahookd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/wahookd/wahookd.toml")
+ENV_PREFIX = "WAHOOKD_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _network(value: Any) -> Any:
@@ -36,46 +49,129 @@ def _network(value: Any) -> Any:
     if isinstance(value, IPv4Network | IPv6Network):
         return value
     try:
-        return ip_network(str(value), strict=False)
+        return ip_network(str(value).strip(), strict=False)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
 
 
 Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
 
-# The directory `*_file` secrets resolve against when $CREDENTIALS_DIRECTORY is unset.
-# Set by `load_settings` for the duration of one validation.
-_config_dir: Path | None = None
+
+def _not_blank(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty: an empty secret signs nothing, anyone could forge it")
+    return value
 
 
-def read_secret_file(path_text: str) -> str:
+# Every secret of every table: SecretStr (never printed) that refuses to be empty.
+Secret = Annotated[SecretStr, AfterValidator(_not_blank)]
+
+
+# -- `_file` keys ---------------------------------------------------------------------
+
+
+def resolve_file(path_text: str | os.PathLike[str], info: ValidationInfo | None = None) -> Path:
+    """Where a relative `*_file` path points: `$CREDENTIALS_DIRECTORY` when systemd set one
+    (`LoadCredential=`), else the config file's directory, else the working directory."""
     path = Path(path_text).expanduser()
-    if not path.is_absolute():
-        base = os.environ.get("CREDENTIALS_DIRECTORY")
-        path = Path(base) / path if base else (_config_dir or Path.cwd()) / path
+    if path.is_absolute():
+        return path
+    base = os.environ.get("CREDENTIALS_DIRECTORY")
+    if base:
+        return Path(base) / path
+    context = info.context if info is not None and isinstance(info.context, dict) else {}
+    return Path(context.get("config_dir") or Path.cwd()) / path
+
+
+def read_secret_file(path_text: str | os.PathLike[str], info: ValidationInfo | None = None) -> str:
+    """The secret in a file, surrounding whitespace stripped; `ValueError` if unreadable or empty."""
+    path = resolve_file(path_text, info)
     try:
-        return path.read_text().strip()
+        text = path.read_text().strip()
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"{path} is empty: an empty secret signs nothing, anyone could forge it")
+    return text
 
 
-def resolve_secret_files(data: Any, secret_keys: tuple[str, ...]) -> Any:
-    """Replace each ``<key>_file`` in a raw table by ``<key>`` read from that file."""
+def resolve_secret_files(data: Any, secret_keys: tuple[str, ...], info: ValidationInfo | None = None) -> Any:
+    """Replace each ``<key>_file`` in a raw table by ``<key>`` read from that file.
+
+    For a model validator in ``mode="before"``; pass its `ValidationInfo` so relative paths
+    resolve against the config file's directory. Errors name the ``_file`` key itself."""
     if not isinstance(data, dict):
         return data
     data = dict(data)
+    errors: list[InitErrorDetails] = []
     for key in secret_keys:
         file_key = f"{key}_file"
         if file_key not in data:
             continue
-        if data.get(key) is not None:
-            raise ValueError(f"give {key} or {file_key}, not both")
-        data[key] = read_secret_file(str(data.pop(file_key)))
+        value = data.pop(file_key)
+        try:
+            if data.get(key) is not None:
+                raise ValueError(f"give {key} or {file_key}, not both")
+            data[key] = read_secret_file(str(value), info)
+        except ValueError as exc:
+            error = PydanticCustomError("secret_file", "{problem}", {"problem": str(exc)})
+            errors.append(InitErrorDetails(type=error, loc=(file_key,), input=value))
+    if errors:
+        raise ValidationError.from_exception_data("secret files", errors)
     return data
+
+
+def read_list_file(data: Any, key: str, info: ValidationInfo | None) -> Any:
+    """``<key>_file`` for a list of secrets: one per line (blank lines and # comments skipped)."""
+    if not isinstance(data, dict) or f"{key}_file" not in data:
+        return data
+    data = resolve_secret_files(data, (key,), info)
+    lines = [line.strip() for line in data.pop(key).splitlines()]
+    data[key] = [line for line in lines if line and not line.startswith("#")]
+    return data
+
+
+class ListFromEnvironment(EnvSettingsSource):
+    """pydantic-settings reads complex values from the environment as JSON only, so
+    ``WAHOOKD_SERVER__TRUSTED_PROXIES=10.0.0.0/8`` was a traceback; a list that is not JSON
+    is taken as comma-separated."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            origin = getattr(field.annotation, "__origin__", None)
+            if origin is list and isinstance(value, str):
+                return [item.strip() for item in value.split(",") if item.strip()]
+            raise ValueError(f"{field_name}: expected JSON, got {value!r}") from None
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """`host:port` as the listeners bind it; the host is an IP address, a host name, or empty
+    (all addresses). Raises `ValueError` naming what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port with a port from 1 to 65535, got {text!r}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if bracketed or not HOSTNAME.match(host):
+                raise ValueError(f"{host!r} is not an IP address or host name (in {text!r})") from None
+    return host or "0.0.0.0", int(port)  # noqa: S104 - explicit ":8080" means all
 
 
 class ServerSettings(Section):
@@ -92,6 +188,14 @@ class ServerSettings(Section):
     drain_seconds: float = Field(
         15.0, ge=0, description="on SIGTERM, how long in-flight requests and sinks may finish"
     )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) file: HTTPS on listen; re-read on reload"
+    )
+    tls_key: Path | None = Field(None, description="PEM private key file for tls_cert")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error; changes on reload"
+    )
+    access_log: bool = Field(True, description="one log line per webhook request")
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -100,18 +204,22 @@ class ServerSettings(Section):
             split_host_port(value)
         return value
 
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else resolve_file(value, info)
+
     @model_validator(mode="after")
     def _two_listeners(self) -> ServerSettings:
         if self.metrics_listen is not None and self.metrics_listen == self.listen:
             raise ValueError("metrics_listen must differ from listen (unset it to serve /metrics there)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both for HTTPS, or neither")
         return self
 
-
-def split_host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"expected host:port with a port from 1 to 65535, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - explicit ":8080" means all
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 class StateSettings(Section):
@@ -133,6 +241,10 @@ class StateSettings(Section):
         7.0, ge=0, description="keep delivered events this long for `wahookd replay`"
     )
 
+    @property
+    def fsync(self) -> bool:
+        return self.durability == "fsync"
+
 
 class RateLimitSettings(Section):
     rate: float = Field(50.0, gt=0, description="requests per second per client IP")
@@ -151,14 +263,15 @@ SOURCE_SECRETS = ("secret", "verify_token", "access_token", "api_key")
 
 class SourceSettings(Section):
     provider: str = Field(description="wasender, meta, twilio, waha, evolution, standard, ...")
-    secret: SecretStr | None = Field(None, description="the provider's signing secret")
-    secrets: list[SecretStr] = Field(
-        default_factory=list, description="more secrets, all accepted (rotation)"
+    secret: Secret | None = Field(None, description="the provider's signing secret")
+    secrets: list[Secret] = Field(
+        default_factory=list,
+        description="more secrets, all accepted (rotation); secrets_file: one per line",
     )
     verify: Literal["signature", "none"] = Field(
         "signature", description='"none" accepts unsigned requests; logged loudly at start'
     )
-    verify_token: SecretStr | None = Field(None, description="Meta's GET handshake token")
+    verify_token: Secret | None = Field(None, description="Meta's GET handshake token")
     public_url: str | None = Field(
         None, description="the URL the provider signs (Twilio), when a proxy rewrites it"
     )
@@ -166,8 +279,8 @@ class SourceSettings(Section):
         default_factory=list, description="optional CIDR allow-list; empty allows any address"
     )
     token_header: str = Field("apikey", description="Evolution: the header carrying the shared token")
-    access_token: SecretStr | None = Field(None, description="bearer token for fetching media")
-    api_key: SecretStr | None = Field(None, description="API key for fetching media")
+    access_token: Secret | None = Field(None, description="bearer token for fetching media")
+    api_key: Secret | None = Field(None, description="API key for fetching media")
     api_url: str | None = Field(
         None,
         description="provider API base URL for media lookups; default the provider's public API",
@@ -175,8 +288,8 @@ class SourceSettings(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _read_secret_files(cls, data: Any) -> Any:
-        return resolve_secret_files(data, SOURCE_SECRETS)
+    def _read_secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return resolve_secret_files(read_list_file(data, "secrets", info), SOURCE_SECRETS, info)
 
     def secret_values(self) -> list[bytes]:
         """Every accepted secret, the current one first."""
@@ -191,8 +304,8 @@ class MediaSettings(Section):
     endpoint: str = Field("127.0.0.1:9000", description="S3/MinIO host:port")
     bucket: str = Field("whatsapp-media", description="bucket, created if missing")
     region: str | None = Field(None, description="S3 region, if the server needs one")
-    access_key: SecretStr | None = Field(None, description="S3 access key")
-    secret_key: SecretStr | None = Field(None, description="S3 secret key")
+    access_key: Secret | None = Field(None, description="S3 access key")
+    secret_key: Secret | None = Field(None, description="S3 secret key")
     secure: bool = Field(True, description="TLS to the object store")
     allow_hosts: list[str] = Field(
         default_factory=list, description="extra media hosts beyond each provider's own"
@@ -205,8 +318,8 @@ class MediaSettings(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _read_secret_files(cls, data: Any) -> Any:
-        return resolve_secret_files(data, ("access_key", "secret_key"))
+    def _read_secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return resolve_secret_files(data, ("access_key", "secret_key"), info)
 
 
 class SinkSettings(BaseModel):
@@ -239,13 +352,11 @@ class SinkSettings(BaseModel):
         )
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="WAHOOKD_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
+class Settings(BaseModel):
+    """The whole configuration. `load_settings` builds it from the file and the environment;
+    `Settings()` is the embedded defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     state: StateSettings = Field(default_factory=StateSettings)
@@ -254,18 +365,13 @@ class Settings(BaseSettings):
     media: MediaSettings = Field(default_factory=MediaSettings)
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
+    # The directory relative `_file` paths resolve against (after $CREDENTIALS_DIRECTORY).
+    _config_dir: Path | None = PrivateAttr(None)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file arrives as init kwargs; the environment overrides it.
-        return env_settings, init_settings
+    @property
+    def validation_context(self) -> dict[str, Any]:
+        """What a plugin's option model is validated with (see `resolve_file`)."""
+        return {"config_dir": self._config_dir}
 
     @property
     def media_dir(self) -> Path:
@@ -288,31 +394,61 @@ def config_path(explicit: str | os.PathLike[str] | None) -> tuple[Path, bool]:
     return DEFAULT_CONFIG_PATH, False
 
 
-def load_settings(explicit: str | os.PathLike[str] | None = None) -> tuple[Settings, Path | None]:
-    """Read and validate the configuration; `ConfigError` lists every problem."""
-    global _config_dir
+def read_config_file(explicit: str | os.PathLike[str] | None) -> tuple[dict[str, Any], Path | None]:
+    """The TOML table of the config file (empty when the default file is absent)."""
     path, required = config_path(explicit)
-    data: dict[str, Any] = {}
-    used: Path | None = None
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
-        except OSError as exc:
-            raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-        except UnicodeDecodeError:
-            raise ConfigError([f"{path}: not UTF-8 text"]) from None
-        used = path
-    elif required:
-        raise ConfigError([f"{path}: no such file"])
-    _config_dir = path.resolve().parent if used else None
+    if not path.exists():
+        if required:
+            raise ConfigError([f"{path}: no such file"])
+        return {}, None
     try:
-        return Settings(**data), used
+        return tomllib.loads(path.read_text()), path
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+
+
+def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override`'s values in it, tables merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def environment_table() -> dict[str, Any]:
+    """The `WAHOOKD_*` variables as a nested table; a malformed value is a config error."""
+    try:
+        source = ListFromEnvironment(
+            Settings,  # type: ignore[arg-type]  # only its fields are read
+            case_sensitive=False,
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter="__",
+        )
+        return source()
+    except Exception as exc:  # pydantic-settings wraps a bad value in SettingsError
+        raise ConfigError([f"environment: {exc.__cause__ or exc}"]) from None
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None) -> tuple[Settings, Path | None]:
+    """Read and validate the configuration; `ConfigError` lists every problem.
+
+    `ConfigError.data` carries the merged table, so the caller can still check its parts."""
+    data, used = read_config_file(explicit)
+    data = deep_update(data, environment_table())
+    config_dir = used.resolve().parent if used else None
+    try:
+        settings = Settings.model_validate(data, context={"config_dir": config_dir})
     except ValidationError as exc:
-        raise ConfigError(describe_errors(exc), data) from None
-    finally:
-        _config_dir = None
+        raise ConfigError(describe_errors(exc), data, {"config_dir": config_dir}) from None
+    settings._config_dir = config_dir
+    return settings, used
 
 
 def describe_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[str]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from wahookd.errors import WahookdError
 from wahookd.events import dump_json, load_json
 from wahookd.hookspecs import SinkContext, SinkSpec, hookimpl
 
@@ -34,9 +36,34 @@ class FileOptions(BaseModel):
     backups: int = Field(5, ge=0, description="rotated files kept")
 
 
+def check_writable(path: Path) -> None:
+    """Refuse, at config time, a path the sink could never write (it would retry forever).
+
+    Nothing is created: `check-config` run as root must not leave files the service user
+    then cannot append to. A temporary file in the nearest existing directory is the one
+    test that also holds for root, which `os.access` answers yes for almost anywhere."""
+    if path.is_dir():
+        raise WahookdError(f"path: {path} is a directory")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise WahookdError(f"path: {path} is not writable")
+        return
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise WahookdError(f"path: {ancestor} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise WahookdError(f"path: cannot write under {ancestor}: {exc.strerror or exc}") from None
+
+
 class FileSink:
     def __init__(self, options: FileOptions, context: SinkContext) -> None:
         self.path = options.path if options.path.is_absolute() else context.state_dir / options.path
+        check_writable(self.path)
         self.max_bytes = options.max_bytes
         self.backups = options.backups
         self.durable = context.durable

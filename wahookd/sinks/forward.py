@@ -25,12 +25,20 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from wahookd.errors import DeliveryError, PermanentDeliveryError
 from wahookd.hookspecs import SinkContext, SinkSpec, hookimpl
-from wahookd.settings import resolve_secret_files
+from wahookd.settings import Secret, resolve_secret_files
 
 # Statuses worth retrying besides 5xx: the target said "later" (RFC 9110 §15.5.9, RFC 6585 §4).
 RETRYABLE_4XX = frozenset({408, 429})
@@ -45,20 +53,21 @@ class ForwardOptions(BaseModel):
 
     url: str = Field(description="where to POST each event (http:// or https://)")
     # Required: SPEC §6 has forward sign what it sends, so a receiver can always verify.
-    secret: SecretStr = Field(description='Standard Webhooks signing secret ("whsec_<base64>" or raw text)')
+    secret: Secret = Field(description='Standard Webhooks signing secret ("whsec_<base64>" or raw text)')
     timeout: float = Field(10.0, gt=0, le=600, description="seconds for one request, all in")
     connect_timeout: float | None = Field(
         None, gt=0, description="seconds to connect; default the smaller of timeout and 5"
     )
     headers: dict[str, str] = Field(
-        default_factory=dict, description="extra request headers (e.g. Authorization)"
+        default_factory=dict,
+        description='extra request headers (e.g. Authorization); headers_file: "Name: value" lines',
     )
     verify_tls: bool = Field(True, description="check the target's TLS certificate")
 
     @model_validator(mode="before")
     @classmethod
-    def _read_secret_files(cls, data: Any) -> Any:
-        return resolve_secret_files(data, ("secret",))
+    def _read_secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return read_headers_file(resolve_secret_files(data, ("secret",), info), info)
 
     @field_validator("url")
     @classmethod
@@ -72,6 +81,25 @@ class ForwardOptions(BaseModel):
     def _decodable_secret(cls, secret: SecretStr) -> SecretStr:
         signing_key(secret.get_secret_value())  # a bad whsec_ fails at config time
         return secret
+
+
+def read_headers_file(data: Any, info: ValidationInfo) -> Any:
+    """``headers_file``: request headers that carry credentials (``Authorization: Bearer ...``),
+    one ``Name: value`` per line, kept out of the config file; merged over ``headers``."""
+    if not isinstance(data, dict) or "headers_file" not in data:
+        return data
+    data = dict(data)
+    text = resolve_secret_files({"headers_file": data.pop("headers_file")}, ("headers",), info)["headers"]
+    headers = dict(data.get("headers") or {})
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f'headers_file: line {number} is not "Name: value"')
+        headers[name.strip()] = value.strip()
+    data["headers"] = headers
+    return data
 
 
 def signing_key(secret: str) -> bytes:

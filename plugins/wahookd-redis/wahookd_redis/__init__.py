@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, model_validator
 from redis.exceptions import RedisError
 
 from wahookd import hookimpl
@@ -51,8 +51,8 @@ class RedisOptions(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _read_secret_files(cls, data: Any) -> Any:
-        return resolve_secret_files(data, ("url",))
+    def _read_secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return resolve_secret_files(data, ("url",), info)
 
 
 class RedisStreamSink:
