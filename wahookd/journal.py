@@ -15,6 +15,15 @@ Tables (other processes, e.g. ``wahookd status``, may read them while the daemon
   lookup at a handful of page reads at a million keys, and the index lives on disk, so
   memory does not grow with the capacity.
 - ``cursors``: each sink's last delivered ``dseq``. ``dead_letters``: events a sink gave up on.
+
+The WAL stays bounded: a thread of its own copies it into the database (passive
+checkpoints, off the request path), but under back-to-back commits such a checkpoint never
+reaches the WAL's end, so the WAL would never start over and grow for ever. The writer
+therefore restarts it itself, between two batches, once it passes `WAL_SIZE_LIMIT`; and gives
+its disk space back after a second of idleness.
+
+Memory stays bounded by bytes, not by event count: the recent-events cache has a byte budget
+and leaves out large events, and one `read_ready` returns at most `READ_BYTES` of events.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import functools
 import hashlib
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -71,9 +81,24 @@ CREATE INDEX IF NOT EXISTS dead_letters_sink ON dead_letters(sink, id);
 """
 MAX_JOBS_PER_COMMIT = 512
 MAX_ROWS_PER_STATEMENT = 256
-RECENT_READY = 1024  # ready events kept in memory for sinks that are caught up
-CHECKPOINT_SECONDS = 0.5
-WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is cut back to after a checkpoint
+# Ready events kept in memory for sinks that are caught up, within a byte budget: 300
+# events of 1.4 MB once took the RSS from 46 to 881 MB when the cache counted events.
+# Larger events are not kept at all (read back from SQLite): one of them would push out
+# hundreds of ordinary 2-3 KB events for a saving that their own size dwarfs.
+RECENT_BYTES = 4 * 1024 * 1024
+RECENT_EVENT_BYTES = 64 * 1024
+READ_BYTES = 8 * 1024 * 1024  # most event bytes one `read_ready` returns (at least one event)
+CHECKPOINT_SECONDS = 0.25
+# The WAL restarts once it passes this, and its file is cut back to it (journal_size_limit):
+# SQLite's own default (1000 pages of 4 KiB before a checkpoint) keeps a WAL near 4 MB too.
+# The file holds at most this plus one batch; a batch of ordinary events is well under 1 MB.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+WAL_IDLE_SECONDS = 1.0  # a writer idle this long truncates the WAL to nothing
+# How long the writer's own checkpoint waits for readers to leave the WAL. A reader holding a
+# snapshot longer makes it give up and try again a second later, rather than stall commits.
+WAL_CHECKPOINT_BUSY_MS = 100
+WAL_RETRY_SECONDS = 1.0
+BUSY_TIMEOUT_MS = 5000
 JOURNAL_FILE = "journal.db"
 PAGE_BYTES = 8192
 
@@ -87,7 +112,7 @@ def connect(path: Path, *, durable: bool = True, cache_kib: int = 2048) -> sqlit
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
     conn.execute(f"PRAGMA cache_size=-{cache_kib}")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
 
 
@@ -180,6 +205,17 @@ class Journal:
         self._fresh: list[ReadyEvent] = []
         self._media_waiting = False  # the batch being written holds events that wait for media
         self._recent: dict[int, ReadyEvent] = {}
+        self.recent_bytes = 0  # what `_recent` holds, as sys.getsizeof counts it
+        # Since when the writer owes work without having finished a batch (None: nothing to
+        # do). Written by the loop and the writer, read by `writer_stalled` from anywhere: a
+        # float swapped in one assignment, which the GIL makes atomic.
+        self._owed_since: float | None = None
+        self._restart_wal = False  # the checkpoint thread saw the WAL pass half its limit
+        self._wal_written = False  # the WAL has content that an idle truncation would drop
+        self._wal_retry_at = 0.0  # after a checkpoint that found a reader in the way
+        # SQLite runs one checkpoint at a time and does not wait for another (SQLITE_BUSY at
+        # once, busy handler or not): the writer's checkpoint waits here for the thread's.
+        self._checkpointing = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -202,6 +238,7 @@ class Journal:
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._writer_conn = conn
+        self._wal_path = self.path.with_name(self.path.name + "-wal")
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._writer.start()
         self._closing = threading.Event()
@@ -232,12 +269,21 @@ class Journal:
         self._readers.shutdown(wait=True)
 
     def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database off the request path. A passive checkpoint cannot
+        let the WAL start over while commits follow each other (it never reaches the end),
+        so once the WAL passes half its limit, ask the writer to restart it: right after this
+        copy, the writer's own checkpoint has only the last few commits left to copy."""
         conn = connect(self.path, durable=self.durable)
+        frame_bytes = PAGE_BYTES + 24  # each WAL frame: a 24-byte header and one page
         while not self._closing.wait(CHECKPOINT_SECONDS):
             try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                with self._checkpointing:
+                    _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:
                 log.warning("journal_checkpoint_failed", error=str(exc))
+                continue
+            if frames * frame_bytes >= WAL_SIZE_LIMIT // 2:
+                self._restart_wal = True
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
@@ -260,6 +306,8 @@ class Journal:
             raise JournalError("journal is closed")
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Job(work, future, events))
+        if self._owed_since is None:
+            self._owed_since = time.monotonic()
         if not self._handing_off:
             self._handing_off = True
             loop.call_soon(self._hand_off)  # after this loop iteration's other requests
@@ -273,12 +321,64 @@ class Journal:
             self._batches.put(jobs)
         else:
             self._handing_off = False
+            self._owed_since = None
 
     def _write_loop(self) -> None:
         conn = self._writer_conn
-        while (jobs := self._batches.get()) is not None:
+        while True:
+            try:
+                jobs = self._batches.get(timeout=WAL_IDLE_SECONDS if self._wal_written else None)
+            except queue.Empty:  # idle: give the WAL's disk space back
+                if self._checkpoint(conn, "TRUNCATE"):
+                    self._wal_written = False
+                continue
+            if jobs is None:
+                break
             self._run_batch(conn, jobs)
+            self._wal_written = True
+            if self._restart_wal or self._wal_bytes() > WAL_SIZE_LIMIT:
+                # Between two batches nothing else writes, so this checkpoint reaches the
+                # WAL's end and the next commit starts it over (cut back to the limit).
+                self._checkpoint(conn, "RESTART")
         conn.close()
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self._wal_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> bool:
+        """A blocking checkpoint on the writer's connection; true when it reached the end."""
+        now = time.monotonic()
+        if now < self._wal_retry_at:
+            return False
+        try:
+            conn.execute(f"PRAGMA busy_timeout={WAL_CHECKPOINT_BUSY_MS}")
+            with self._checkpointing:
+                busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("journal_checkpoint_failed", mode=mode, error=str(exc))
+            busy, frames, copied = 1, 0, 0
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if busy:
+            # -1: another process's checkpoint held the lock; try again after the next batch.
+            # Else a reader kept an old snapshot past the wait: give it a second.
+            if frames >= 0:
+                log.warning("journal_checkpoint_busy", mode=mode, frames=frames, copied=copied)
+                self._wal_retry_at = now + WAL_RETRY_SECONDS
+            return False
+        self._restart_wal = False
+        return True
+
+    def writer_stalled(self, max_seconds: float) -> bool:
+        """True when work has waited for the writer, or been in its hands, for more than
+        `max_seconds` without it finishing a batch (e.g. a lock or the disk holds it).
+        An idle writer is never stalled. Cheap and safe from any thread: for a watchdog."""
+        since = self._owed_since
+        return since is not None and time.monotonic() - since > max_seconds
 
     def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         started = time.perf_counter()
@@ -307,9 +407,11 @@ class Journal:
             self.healthy = False
             log.error("journal_commit_failed", error=str(exc), jobs=len(jobs))
             error = JournalError(f"journal write failed: {exc}")
+            self._owed_since = time.monotonic()  # done with this batch; what follows is owed from now
             self._resolve([(job, None, error) for job in jobs], [], False)
             return
         self.healthy = True
+        self._owed_since = time.monotonic()  # done with this batch; what follows is owed from now
         if self.observe_commit is not None:
             self.observe_commit(time.perf_counter() - started)
         fresh, self._fresh = self._fresh, []
@@ -325,10 +427,7 @@ class Journal:
         loop = results[0][0].future.get_loop()
 
         def finish() -> None:
-            for ready_event in fresh:
-                self._recent[ready_event.dseq] = ready_event
-            while len(self._recent) > RECENT_READY:
-                del self._recent[next(iter(self._recent))]
+            self._remember(fresh)
             for job, value, error in results:
                 if job.future.done():  # the request went away meanwhile
                     continue
@@ -348,6 +447,20 @@ class Journal:
         # means nobody waits any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(finish)
+
+    def _remember(self, fresh: list[ReadyEvent]) -> None:
+        """Keep newly ready events for caught-up sinks, within `RECENT_BYTES` (on the loop)."""
+        recent = self._recent
+        for ready_event in fresh:
+            size = sys.getsizeof(ready_event.body)
+            if size <= RECENT_EVENT_BYTES:
+                recent[ready_event.dseq] = ready_event
+                self.recent_bytes += size
+        while self.recent_bytes > RECENT_BYTES:
+            self._forget(next(iter(recent)))
+
+    def _forget(self, dseq: int) -> None:
+        self.recent_bytes -= sys.getsizeof(self._recent.pop(dseq).body)
 
     def _evict(self, conn: sqlite3.Connection) -> None:
         excess = self.dedupe_entries - self.dedupe_capacity
@@ -494,20 +607,39 @@ class Journal:
 
     # -- delivery ----------------------------------------------------------------
 
-    async def read_ready(self, after: int, limit: int) -> list[ReadyEvent]:
-        """Ready events after `after`, in delivery order (from memory when recent)."""
+    async def read_ready(self, after: int, limit: int, max_bytes: int = READ_BYTES) -> list[ReadyEvent]:
+        """Ready events after `after`, in delivery order (from memory when recent): at most
+        `limit` of them and, past the first, at most `max_bytes` of bodies."""
         if after + 1 in self._recent:
             batch: list[ReadyEvent] = []
             dseq = after + 1
-            while dseq in self._recent and len(batch) < limit:
+            total = 0
+            while dseq in self._recent and len(batch) < limit and total < max_bytes:
                 batch.append(self._recent[dseq])
+                total += len(batch[-1].body)
                 dseq += 1
             return batch
-        rows = await self._read(
-            "SELECT dseq, seq, body FROM events WHERE dseq > ? ORDER BY dseq LIMIT ?",
-            (after, limit),
-        )
-        return [ReadyEvent(*row) for row in rows]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_ready_sync, after, limit, max_bytes)
+
+    def _read_ready_sync(self, after: int, limit: int, max_bytes: int) -> list[ReadyEvent]:
+        batch: list[ReadyEvent] = []
+        total = 0
+        cursor = self._reader().cursor()
+        try:
+            cursor.execute(
+                "SELECT dseq, seq, body FROM events WHERE dseq > ? ORDER BY dseq LIMIT ?", (after, limit)
+            )
+            for row in cursor:
+                batch.append(ReadyEvent(*row))
+                total += len(row[2])
+                if total >= max_bytes:
+                    break
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal read failed: {exc}") from exc
+        finally:
+            cursor.close()  # ends the read transaction: no snapshot outlives the call
+        return batch
 
     async def cursor(self, sink: str) -> int:
         """The sink's last delivered dseq. A new sink starts at the journal's end."""
@@ -566,7 +698,7 @@ class Journal:
         deleted, passed = await self._submit(work)
         if deleted:
             for dseq in [dseq for dseq in self._recent if dseq <= passed]:
-                del self._recent[dseq]
+                self._forget(dseq)
         return int(deleted)
 
     # -- reads -----------------------------------------------------------------
@@ -576,14 +708,21 @@ class Journal:
         return await loop.run_in_executor(self._readers, self._read_sync, sql, params)
 
     def _read_sync(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.path, durable=self.durable)
-            self._local.conn = conn
         try:
-            return conn.execute(sql, params).fetchall()
+            return self._reader().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"journal read failed: {exc}") from exc
+
+    def _reader(self) -> sqlite3.Connection:
+        """This reader thread's connection (autocommit: each read is its own snapshot)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = connect(self.path, durable=self.durable)
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal read failed: {exc}") from exc
+            self._local.conn = conn
+        return conn
 
 
 def encode(event: dict[str, Any]) -> str:
