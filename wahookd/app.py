@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable
 from typing import Any
 
+import structlog
 import tornado.web
 from tornado import httputil
 
@@ -16,7 +18,11 @@ from wahookd.handlers import (
     MetricsHandler,
     ReadyHandler,
 )
-from wahookd.intake import PREFIX, IntakeFactory
+from wahookd.intake import PREFIX, IntakeFactory, answer_and_close
+
+log = structlog.get_logger("wahookd.http")
+MAX_URL_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class NotFoundHandler(BaseHandler):
@@ -43,6 +49,19 @@ def make_app(state: AppState, *, with_metrics: bool = True) -> Router:
         xsrf_cookies=False,
     )
     return Router(IntakeFactory(state), application)
+
+
+def oversized(start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> tuple[int, str] | None:
+    """414 past 8 KiB of URL, 431 past 64 KiB of headers (SPEC §2): answered, where Tornado's
+    own limit drops the connection without a word (it is set higher, see `daemon`)."""
+    if len(start_line.path) > MAX_URL_BYTES:
+        return 414, "URI too long"
+    size = len(start_line.path)
+    for name, value in headers.get_all():
+        size += len(name) + len(value) + 4
+    if size > MAX_HEADER_BYTES:
+        return 431, "request header fields too large"
+    return None
 
 
 class Router(httputil.HTTPServerConnectionDelegate):
@@ -72,11 +91,24 @@ class _Dispatch(httputil.HTTPMessageDelegate):
         headers: httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
         assert isinstance(start_line, httputil.RequestStartLine)
+        refusal = oversized(start_line, headers)
+        if refusal is not None:
+            self.refuse(start_line, *refusal)
+            return None
         path = start_line.path.split("?", 1)[0]
         webhook = path.startswith(PREFIX) and path.rstrip("/").count("/") == 2  # /webhooks/{source}
         target = self.router.intake if webhook else self.router.application
         self.delegate = target.start_request(self.server_conn, self.request_conn)
         return self.delegate.headers_received(start_line, headers)
+
+    def refuse(self, start_line: httputil.RequestStartLine, status: int, reason: str) -> None:
+        body = json.dumps({"error": reason}).encode()
+        head = start_line.method == "HEAD"
+        answer_and_close(self.request_conn, status, {"Content-Type": "application/json"}, body, head=head)
+        metrics = self.router.intake.state.metrics
+        metrics.child(metrics.http_requests, "unknown", str(status)).inc()
+        metrics.rejected.labels("unknown", reason.replace(" ", "_")).inc()
+        log.info("request", method=start_line.method[:16], source="unknown", status=status)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         assert self.delegate is not None

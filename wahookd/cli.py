@@ -6,11 +6,38 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from wahookd import __version__
 from wahookd.errors import ConfigError, WahookdError
+
+DESCRIPTION = """\
+wahookd receives WhatsApp webhooks (WasenderAPI, Meta Cloud API, Twilio, WAHA, Evolution API,
+Standard Webhooks), verifies them, makes each event durable before answering 200, downloads
+their media and delivers every event to its sinks (file, forward, sql, plugins)."""
+
+EPILOG = """\
+configuration:
+  One TOML file: --config, else $WAHOOKD_CONFIG, else /etc/wahookd/wahookd.toml (absent:
+  embedded defaults, state in ./wahookd-data or $STATE_DIRECTORY). Every key can be set from
+  the environment as WAHOOKD_<SECTION>__<KEY> (lists as JSON or comma-separated). Secrets can
+  be given as <key>_file; relative paths resolve against $CREDENTIALS_DIRECTORY, else the
+  config file's directory. Check a file with `wahookd check-config` before (re)loading it.
+
+signals (serve):
+  SIGTERM/SIGINT  drain: stop accepting, finish requests and deliveries, exit 0
+  SIGHUP          reload the configuration (sources, rate limits, sink filters and retries,
+                  log level, TLS certificate); an invalid file changes nothing
+
+exit status: 0 ok, 1 an error (one line "wahookd: error: ..." per problem)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wahookd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="wahookd",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"wahookd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:

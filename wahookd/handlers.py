@@ -53,10 +53,20 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Never a stack trace or a secret: the reason is ours, chosen where we raise.
         self.set_header("Content-Type", "application/json")
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.finish(json.dumps({"error": self._reason}))
 
     def compute_etag(self) -> None:
         return None
+
+    def allowed_methods(self) -> list[str]:
+        base = tornado.web.RequestHandler
+        return [
+            m
+            for m in ("GET", "HEAD", "POST")
+            if getattr(type(self), m.lower()) is not getattr(base, m.lower())
+        ]
 
 
 class HealthHandler(BaseHandler):
@@ -81,9 +91,13 @@ class ReadyHandler(BaseHandler):
                 raise HTTPError(503, reason="journal not writable")
         self.write({"status": "ready"})
 
+    head = get
+
 
 class MetricsHandler(BaseHandler):
     def get(self) -> None:
         self.state.metrics.dedupe_entries.set(self.state.journal.dedupe_entries)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(generate_latest(self.state.metrics.registry))
+
+    head = get

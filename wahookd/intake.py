@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import time
 from typing import Any
 from urllib.parse import unquote
 
 import structlog
 from tornado import httputil
-from tornado.iostream import StreamClosedError
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from wahookd.errors import JournalError, ParseError
 from wahookd.events import Event, dump_json
@@ -35,14 +37,70 @@ PREFIX = "/webhooks/"
 NO_HEADERS = httputil.HTTPHeaders()  # never written to
 
 
+LINGER_SECONDS = 2.0  # how long a connection closed after an early answer still drains
+
+
 class Rejected(Exception):
     """Answer the request with this status and `{"error": reason}`."""
 
-    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
+    def __init__(
+        self, status: int, reason: str, retry_after: int | None = None, allow: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
-        self.retry_after = retry_after
+        self.headers: dict[str, str] = {}
+        if retry_after:
+            self.headers["Retry-After"] = str(retry_after)
+        if allow:
+            self.headers["Allow"] = allow
+
+
+_lingering: set[asyncio.Task[None]] = set()
+
+
+def answer_and_close(
+    connection: httputil.HTTPConnection,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    head: bool = False,
+) -> None:
+    """Answer a request decided on its headers alone (404, 413, 415, 429, 431, ...) and close
+    the connection the way RFC 9112 §9.6 asks: the answer says `Connection: close`, our side
+    is shut for writing, and what the client is still sending is read and dropped for a
+    moment before the socket closes. Closing with unread data makes the kernel send a reset,
+    which can destroy the answer before the client reads it (a 413 for a 3 MiB upload).
+
+    Only from `headers_received`: `detach()` takes the stream away from Tornado there."""
+    assert isinstance(connection, HTTP1Connection)
+    stream = connection.detach()
+    reason = httputil.responses.get(status, "Unknown")
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    data = "\r\n".join(lines).encode("latin-1") + (b"" if head else body)
+    task = asyncio.get_running_loop().create_task(_linger(stream, data), name="linger")
+    _lingering.add(task)
+    task.add_done_callback(_lingering.discard)
+
+
+async def _linger(stream: IOStream, data: bytes) -> None:
+    try:
+        await stream.write(data)
+        if not isinstance(stream, SSLIOStream):  # TLS has its own close_notify
+            stream.socket.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(LINGER_SECONDS):
+            while True:
+                await stream.read_bytes(READ_DISCARD_BYTES, partial=True)
+    except (StreamClosedError, OSError, TimeoutError):
+        pass
+    finally:
+        stream.close()
+
+
+READ_DISCARD_BYTES = 64 * 1024
 
 
 class IntakeFactory(httputil.HTTPServerConnectionDelegate):
@@ -101,6 +159,9 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
         self.answered = False
         self.body_deadline: float | None = None  # while the body is being received
         self.waiting = False  # for the journal (or the rejected store); `inflight` keeps us
+        self.in_headers = False  # deciding on the headers alone: the body is still unread
+        self.too_large = False  # a chunked body passed max_body_bytes: 413 once it is read
+        self.body_read = False  # Tornado read the whole request: the connection can go on
         self.saving: asyncio.Task[None] | None = None
         context = getattr(connection, "context", None)
         self.peer = getattr(context, "remote_ip", "") or ""
@@ -124,34 +185,44 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
         assert isinstance(start_line, httputil.RequestStartLine)
         self.method, self.uri, self.headers = start_line.method, start_line.path, headers
         self.state.inflight.add(self)
+        self.in_headers = True
         try:
             self.check_headers()
         except Rejected as rejected:
             self.reject(rejected)
             return
+        finally:
+            self.in_headers = False
         if self.method == "POST":
             # A slow client gets `body_timeout` for its body, then a 408.
             self.body_deadline = self.started + self.state.settings.server.body_timeout
             self.intake.watch_bodies()
 
     def data_received(self, chunk: bytes) -> None:
-        if self.answered:  # answered already (413, 408, ...): drop the rest
+        if self.answered or self.too_large:  # answered (408) or refused: drop the rest
             return
         self.received += len(chunk)
         if self.received > self.state.settings.server.max_body_bytes:
-            self.reject(Rejected(413, "body too large"))  # chunked bodies declare no length
+            # A chunked body declares no length: read the rest (Tornado caps it) and answer
+            # 413 then, on a connection that stays usable.
+            self.too_large = True
+            self.chunks.clear()
         else:
             self.chunks.append(chunk)
 
     def finish(self) -> None:
         self.body_deadline = None
+        self.body_read = True
         if self.answered:
+            return
+        if self.too_large:
+            self.reject(Rejected(413, "body too large"))
             return
         # Everything up to the journal runs here, synchronously; the answer follows from the
         # journal's future (`committed`). No task per request: that machinery was a
         # measurable share of the budget.
         try:
-            if self.method == "GET":
+            if self.method in ("GET", "HEAD"):
                 self.handshake()
             else:
                 self.accept()
@@ -174,29 +245,36 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
         forwarded = self.headers.get("X-Forwarded-For") if self.peer_trusted else None
         if forwarded:
             self.client = client_ip(self.peer, forwarded, settings.server.trusted_proxies)
-        # The rate limit comes before anything that costs CPU (SPEC §1).
-        wait = state.limiter.take(self.client)
-        if wait:
-            state.metrics.rate_limited.inc()
-            raise Rejected(429, "rate limited", retry_after=max(1, math.ceil(wait)))
+        # The source is a dict lookup, so 429s and 404s can name it; the rate limit still
+        # comes before anything that costs CPU (SPEC §1).
         path = self.uri.split("?", 1)[0]
         try:
             name = unquote(path[len(PREFIX) :].rstrip("/"), errors="strict")
         except UnicodeDecodeError:
-            raise Rejected(400, "bad request") from None
-        source = self.source = settings.sources.get(name)
+            name = None
+        source = self.source = settings.sources.get(name) if name is not None else None
+        if source is not None:
+            self.source_name = self.label = name or ""
+        wait = state.limiter.take(self.client)
+        if wait:
+            state.metrics.rate_limited.inc()
+            raise Rejected(429, "rate limited", retry_after=max(1, math.ceil(wait)))
+        if name is None:
+            raise Rejected(400, "bad request")
         if source is None:
+            # The metric label stays "unknown" (bounded); the log line says what was asked.
+            self.outcome["path_source"] = name[:64].encode("unicode_escape").decode("ascii")
             raise Rejected(404, "unknown source")
-        self.source_name = self.label = name
         provider = self.provider = state.providers.get(source.provider)
         if provider is None:  # check-config prevents this; a plugin may vanish
             raise Rejected(503, "provider not installed")
         if source.allow_ips and not is_trusted(self.client, source.allow_ips):
             raise Rejected(401, "address not allowed")
-        if self.method == "GET":
+        if self.method in ("GET", "HEAD") and provider.has_handshake:
             return
         if self.method != "POST":
-            raise Rejected(405, "method not allowed")
+            allow = "GET, HEAD, POST" if provider.has_handshake else "POST"
+            raise Rejected(405, "method not allowed", allow=allow)
         content_type = self.content_type()
         # A missing Content-Type is let through to the provider's parser; a wrong one is not.
         if content_type and content_type not in provider.content_types:
@@ -322,10 +400,15 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
         if rejected.status not in (429,):
             self.state.metrics.rejected.labels(self.label, rejected.reason.replace(" ", "_")).inc()
         self.chunks.clear()
-        extra = {"Retry-After": str(rejected.retry_after)} if rejected.retry_after else {}
         # Never a stack trace or a secret: the reason is ours, chosen where we raise.
         body = json.dumps({"error": rejected.reason}).encode()
-        self.respond(rejected.status, "application/json", body, extra, reason=rejected.reason)
+        if self.in_headers and not self.answered:
+            self.answered = True
+            headers = {"Content-Type": "application/json", **rejected.headers}
+            answer_and_close(self.connection, rejected.status, headers, body, head=self.method == "HEAD")
+            self.done(rejected.status)
+            return
+        self.respond(rejected.status, "application/json", body, rejected.headers, reason=rejected.reason)
 
     def respond(
         self,
@@ -341,6 +424,11 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
         headers = httputil.HTTPHeaders(
             {"Content-Type": content_type, "Content-Length": str(len(body)), **(extra or {})}
         )
+        if not self.body_read:
+            # Answered mid-body (408): Tornado closes the connection after this answer.
+            headers["Connection"] = "close"
+        if self.method == "HEAD":
+            body = b""
         start_line = httputil.ResponseStartLine(
             "HTTP/1.1", status, reason or httputil.responses.get(status, "Unknown")
         )
@@ -360,6 +448,8 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
         metrics = self.state.metrics
         metrics.child(metrics.http_requests, self.label, str(status)).inc()
         metrics.child(metrics.request_duration, self.label).observe(elapsed)
+        if not self.state.settings.server.access_log:
+            return
         # One canonical line per request.
         log.info(
             "request",

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import io
 import logging
+import os
 import sys
 import time
 from collections.abc import MutableMapping
@@ -25,26 +26,78 @@ def _to_json(value: object, **_: object) -> bytes:
     return orjson.dumps(value, default=repr)
 
 
+# syslog priorities (RFC 5424): under journald a line starting with "<N>" is stored at
+# priority N (systemd's SyslogLevelPrefix=, on by default), so `journalctl -p warning` works.
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_threshold = LEVELS["info"]  # `set_level` moves it; read on every line
+
+
+def under_journald() -> bool:
+    """stderr is the journal's stream: systemd says so with JOURNAL_STREAM=<dev>:<inode>."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in stream.split(":"))
+        status = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (status.st_dev, status.st_ino) == (device, inode)
+
+
 class LineWriter:
     """structlog's BytesLogger, except that info and debug lines wait in a buffer (written
     when it fills, by `flush_logs()` a few times a second, and at exit); warnings and errors
     are written at once. The buffer is wahookd's own: with PYTHONUNBUFFERED (common in
     containers) Python's stderr has none, and one write(2) per request was a measurable
-    cost."""
+    cost. Under journald each line starts with its syslog priority."""
 
-    def __init__(self, stream: io.BufferedWriter) -> None:
+    def __init__(self, stream: io.BufferedWriter, *, priorities: bool = False) -> None:
         self.stream = stream
+        prefix = {name: f"<{number}>".encode() if priorities else b"" for name, number in PRIORITIES.items()}
+        self.debug_prefix, self.info_prefix = prefix["debug"], prefix["info"]
+        self.warning_prefix, self.error_prefix = prefix["warning"], prefix["error"]
 
     def info(self, message: bytes) -> None:
-        self.stream.write(message + b"\n")
+        self.stream.write(self.info_prefix + message + b"\n")
 
-    debug = msg = info
+    msg = info
+
+    def debug(self, message: bytes) -> None:
+        self.stream.write(self.debug_prefix + message + b"\n")
 
     def warning(self, message: bytes) -> None:
-        self.stream.write(message + b"\n")
+        self.stream.write(self.warning_prefix + message + b"\n")
         self.stream.flush()
 
-    warn = error = err = critical = fatal = exception = failure = warning
+    warn = warning
+
+    def error(self, message: bytes) -> None:
+        self.stream.write(self.error_prefix + message + b"\n")
+        self.stream.flush()
+
+    err = critical = fatal = exception = failure = error
+
+
+class PriorityFormatter(logging.Formatter):
+    """Stdlib records (Tornado's) with the same syslog prefix as wahookd's own lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        number = PRIORITIES.get(record.levelname.lower(), 6)
+        return f"<{number}>{super().format(record)}"
+
+
+def drop_below_level(_: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The level filter, as a processor so that a reload can move it (`set_level`):
+    structlog caches each logger with the filter it was configured with."""
+    if LEVELS.get(method, 50) < _threshold:
+        raise structlog.DropEvent
+    return event
+
+
+def set_level(level: str) -> None:
+    global _threshold
+    _threshold = LEVELS[level]
+    logging.getLogger().setLevel(max(logging.WARNING, LEVELS[level]))
 
 
 def add_timestamp(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -76,6 +129,7 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None) -
     if json_output is None:
         json_output = not sys.stderr.isatty()
     processors: list[structlog.types.Processor] = [
+        drop_below_level,
         structlog.processors.add_log_level,
         add_timestamp,
         structlog.processors.format_exc_info,
@@ -95,17 +149,28 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None) -
             if sys.stderr is sys.__stderr__:  # not a test's capture
                 sys.stderr = _text
             atexit.register(flush_logs)
-        writer = LineWriter(_stream)
+        journald = under_journald()
+        writer = LineWriter(_stream, priorities=journald)
         factory: Any = lambda *_: writer  # noqa: E731 - structlog wants a factory
         handler_stream = _text
     else:
         processors.append(structlog.dev.ConsoleRenderer())
         factory = structlog.PrintLoggerFactory(sys.stderr)
+        journald = False
+    set_level(level)
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        # Debug calls pass this filter; `drop_below_level` decides, so a reload can change it.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     # Tornado's own loggers (e.g. "Malformed HTTP message") go through the same stream.
-    logging.basicConfig(level=logging.WARNING, stream=handler_stream, format="%(name)s %(message)s")
+    handler = logging.StreamHandler(handler_stream)
+    formatter_class = PriorityFormatter if journald else logging.Formatter
+    handler.setFormatter(formatter_class("%(name)s %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, LEVELS[level]))

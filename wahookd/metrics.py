@@ -33,6 +33,7 @@ class Metrics:
     media_downloads: Counter
     media_bytes: Counter
     dedupe_entries: Gauge
+    reloads: Counter
     build_info: Info
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -116,5 +117,11 @@ def make_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         media_bytes=Counter("wahookd_media_bytes", "Media bytes stored", registry=registry),
         dedupe_entries=Gauge("wahookd_dedupe_entries", "Entries in the dedupe index", registry=registry),
+        reloads=Counter(
+            "wahookd_reloads",
+            "Configuration reloads (SIGHUP) by outcome: ok, error",
+            ["outcome"],
+            registry=registry,
+        ),
         build_info=build_info,
     )

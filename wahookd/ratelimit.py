@@ -28,6 +28,12 @@ class RateLimiter:
         self.clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def reconfigure(self, rate: float, burst: int, max_clients: int) -> None:
+        """New limits (a reload); each client's bucket keeps its tokens, capped at `burst`."""
+        self.rate, self.burst, self.max_clients = rate, float(burst), max_clients
+        while len(self._buckets) > max_clients:
+            self._buckets.popitem(last=False)
+
     def take(self, client: str) -> float:
         """0.0 when the request may go ahead, else the seconds until a token is free."""
         now = self.clock()

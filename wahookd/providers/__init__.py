@@ -59,6 +59,11 @@ class Provider:
         """Answer a GET verification handshake: the challenge to echo, or None (403)."""
         return None
 
+    @property
+    def has_handshake(self) -> bool:
+        """Whether `GET /webhooks/{source}` means anything for this provider (else 405)."""
+        return type(self).handshake is not Provider.handshake
+
     def reply(self, accepted: int, duplicates: int) -> Reply | None:
         """The body for a 200; None means the default JSON `{"accepted", "duplicates"}`."""
         return None
