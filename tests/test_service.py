@@ -455,3 +455,19 @@ def test_version_and_operator_help() -> None:
     ).stdout
     for needed in ("WAHOOKD_CONFIG", "CREDENTIALS_DIRECTORY", "SIGHUP", "check-config"):
         assert needed in helptext
+
+
+def test_a_reload_applies_sink_filters_at_once(daemon_factory: Any, tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    sink = sink_config(out) + 'kinds = ["status"]\n'
+    daemon: DaemonProcess = daemon_factory(SOURCES + sink).start()
+    assert post(daemon.port, "/webhooks/shop", wasender_body("F1"), wasender_headers(SECRET))[0] == 200
+    daemon.config_path.write_text(
+        daemon.config_path.read_text().replace('kinds = ["status"]', 'kinds = ["message"]')
+    )
+    daemon.signal(signal.SIGHUP)
+    assert wait_until(lambda: metric_value(daemon.port, "wahookd_reloads_total", '{outcome="ok"}') == 1)
+    assert post(daemon.port, "/webhooks/shop", wasender_body("F2"), wasender_headers(SECRET))[0] == 200
+    lines = wait_for_lines(out, 1)
+    assert [line["message_id"] for line in lines] == ["F2"]  # F1 was filtered out before
+    assert daemon.stop() == 0
