@@ -8,7 +8,6 @@ the event and its `flush()` has returned; a failure stays, with its attempts and
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any, TextIO
 
 from wahookd.delivery import call_optional
 from wahookd.errors import DeliveryError, PermanentDeliveryError, WahookdError
+from wahookd.events import load_json
 from wahookd.hookspecs import Sink
 from wahookd.settings import SinkSettings
 
@@ -128,7 +128,7 @@ def dead_items(conn: sqlite3.Connection, sink: str, since: float | None) -> Iter
             return
         for dead_id, body in rows:
             last = dead_id
-            event = json.loads(body)
+            event = load_json(body)  # numbers exact, as the sinks are owed them
             received = received_epoch(event)
             if since is not None and received is not None and received < since:
                 continue
@@ -146,7 +146,7 @@ def journal_items(conn: sqlite3.Connection, since: float | None) -> Iterator[Ite
             return
         for dseq, body in rows:
             last = dseq
-            yield Item(json.loads(body))
+            yield Item(load_json(body))
 
 
 def count_items(conn: sqlite3.Connection, sink: str, dead: bool, since: float | None) -> int:

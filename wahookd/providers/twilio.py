@@ -23,13 +23,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from wahookd.errors import ParseError
-from wahookd.events import Event, content_id, new_media, phone_digits
+from wahookd.events import Event, content_id, dump_json, new_media, phone_digits
 from wahookd.providers import InboundRequest, Provider, Reply
 from wahookd.providers.payload import form_pairs, header, integer, load_form, load_json_object, text
 from wahookd.settings import SourceSettings
@@ -159,7 +158,8 @@ class TwilioProvider(Provider):
         if request.content_type == "application/json" or (not request.content_type and signed_body):
             body = load_json_object(request.body)
             fields = {
-                key: value if isinstance(value, str) else json.dumps(value) for key, value in body.items()
+                key: value if isinstance(value, str) else dump_json(value).decode()
+                for key, value in body.items()
             }
         else:
             fields = load_form(request.body)

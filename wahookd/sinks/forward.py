@@ -19,7 +19,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -37,6 +36,7 @@ from pydantic import (
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from wahookd.errors import DeliveryError, PermanentDeliveryError
+from wahookd.events import dump_json
 from wahookd.hookspecs import SinkContext, SinkSpec, hookimpl
 from wahookd.settings import Secret, resolve_secret_files
 
@@ -157,7 +157,7 @@ class ForwardSink:
         return self._client
 
     async def deliver(self, event: dict[str, Any]) -> None:
-        body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+        body = dump_json(event)  # numbers as the provider sent them (`ExactFloat`)
         request = HTTPRequest(
             self.options.url,
             method="POST",

@@ -129,3 +129,16 @@ def test_installed_distribution_registers_the_sink_through_its_entry_point() -> 
     assert registry.sinks["redis"].factory is wahookd_redis.RedisStreamSink
     assert registry.sink_owners["redis"] == "redis"
     assert "redis" not in collect(get_plugin_manager(load_entrypoints=False)).sinks
+
+
+def test_numbers_reach_the_stream_as_the_provider_wrote_them(tmp_path: Path, stream: str) -> None:
+    # Issue 10: 1e400 became null (or Infinity, which is not JSON), big integers floats.
+    from wahookd.events import load_json
+
+    numbers = '{"big":123456789012345678901234567890,"huge":1e400,"negative":-1e400,'
+    numbers += '"precise":0.1000000000000000055511151231257827}'
+    event = make_event(raw=load_json(f'{{"amounts":{numbers}}}'))
+    deliver(tmp_path, [event], stream=stream)
+    [entry] = entries(stream)
+    assert f'"raw":{{"amounts":{numbers}}}' in entry["event"]
+    json.loads(entry["event"], parse_constant=pytest.fail)  # valid JSON

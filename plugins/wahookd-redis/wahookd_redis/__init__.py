@@ -6,7 +6,6 @@ Registered through the ``wahookd`` entry-point group (see pyproject.toml); wahoo
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -15,6 +14,7 @@ from redis.exceptions import RedisError
 
 from wahookd import hookimpl
 from wahookd.errors import DeliveryError
+from wahookd.events import dump_json
 from wahookd.hookspecs import SinkContext, SinkSpec
 from wahookd.settings import resolve_secret_files
 
@@ -78,7 +78,8 @@ class RedisStreamSink:
             "source": event.get("source") or "",
             "kind": event.get("kind") or "",
             "type": event.get("type") or "",
-            "event": json.dumps(event, ensure_ascii=False, separators=(",", ":")),
+            # dump_json: every number as the provider sent it (1e400, integers past 64 bits)
+            "event": dump_json(event).decode(),
         }
         args: list[Any] = [self.options.dedupe_ttl, self.options.maxlen]
         for name, value in fields.items():
