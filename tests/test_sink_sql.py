@@ -11,9 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    inspect,
+    text,
+)
 
 from wahookd.errors import ConfigError, PermanentDeliveryError, WahookdError
+from wahookd.events import load_json
 from wahookd.sinks.sql import wahookd_register_sinks as sql_sinks
 from wahookd.sinks.sqlstore import SCHEMA_VERSION, SqlSink, database_url, define_tables
 from wahookd.testing import build_sink, make_event, make_status
@@ -219,15 +233,169 @@ def test_a_newer_schema_version_is_refused(backend: Backend) -> None:
 
 
 def test_a_row_the_database_refuses_is_a_permanent_error(tmp_path: Path) -> None:
-    # PostgreSQL text cannot hold NUL; retrying the same row could never succeed.
+    # A CHECK constraint a team added: retrying the same row could never succeed.
     prefix = f"t{uuid.uuid4().hex[:8]}_"
     store = Backend("postgresql", POSTGRES_URL, prefix, tmp_path)
     try:
+        asyncio.run(deliver_all(store.sink(), []))
+        with store.engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE {prefix}events ADD CHECK (length(text) < 10)"))
         with pytest.raises(PermanentDeliveryError):
-            asyncio.run(deliver_all(store.sink(), [make_event(text="nul\x00byte")]))
+            asyncio.run(deliver_all(store.sink(), [make_event(text="longer than ten")]))
     finally:
         define_tables(prefix)[0].drop_all(store.engine)
         store.engine.dispose()
+
+
+# -- issue 10, defect 7: anything the intake accepted is stored -------------------------
+
+LONG = 10_000
+
+
+def odd_event(**overrides: Any) -> dict[str, Any]:
+    """An event whose strings PostgreSQL's VARCHAR(255) and text refused: NUL, 10,000
+    characters, emoji (outside the BMP: four UTF-8 bytes, two UTF-16 units)."""
+    long_id = "3EB0" + "9" * LONG
+    fields: dict[str, Any] = {
+        "id": f"test:{long_id}",
+        "message_id": long_id,
+        "event": "e" * LONG,
+        "chat_id": "1" * LONG + "@g.us",
+        "from_": "2" * LONG,
+        "to": "3" * LONG,
+        "sender_name": "Zoë 👩🏽‍💻" * (LONG // 8) + "\x00",
+        "text": "nul\x00byte " + "👋" * LONG + " \x00\x00end",
+        "raw": {"text": "nul\x00in raw 👋", "name": "n" * LONG, "nested": {"\x00key": ["\x00"]}},
+        **overrides,
+    }
+    return make_event(**fields)
+
+
+def stored_value(backend: Backend, value: Any) -> Any:
+    """What a plain column holds: PostgreSQL text cannot hold NUL, so there it is U+FFFD."""
+    if backend.name == "postgresql" and isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def test_nul_long_and_emoji_text_is_stored_and_reads_back_equal(backend: Backend) -> None:
+    event = odd_event()
+    status = make_status("M" * LONG + "\x00", "read", chat_id="c\x00" * LONG, to="t" * LONG)
+    asyncio.run(deliver_all(backend.sink(), [event, event, status]))
+    [row] = backend.rows("SELECT * FROM {p}events WHERE message_id = :m", m=event["message_id"])
+    for name in ("id", "message_id", "event", "chat_id", "from", "to", "sender_name", "text"):
+        assert row[name] == stored_value(backend, event[name]), name
+    assert load_json(row["raw"]) == event["raw"]  # exactly, NUL included
+    assert {**load_json(row["fields"]), "raw": load_json(row["raw"])} == event
+    [row] = backend.rows("SELECT * FROM {p}message_status")
+    assert row["message_id"] == stored_value(backend, status["message_id"])
+    assert row["chat_id"] == stored_value(backend, status["chat_id"])
+    assert row["status"] == "read"
+    [row] = backend.rows("SELECT fields FROM {p}events WHERE id = :i", i=stored_value(backend, status["id"]))
+    assert load_json(row["fields"])["message_id"] == status["message_id"]
+
+
+def test_ids_names_and_event_names_past_255_characters_are_stored(backend: Backend) -> None:
+    event = odd_event(sender_name="n" * LONG, text="t" * LONG, raw={"id": "r" * LONG})
+    asyncio.run(deliver_all(backend.sink(), [event]))
+    [row] = backend.rows('SELECT id, event, chat_id, "from", "to", raw FROM {p}events')
+    assert row == {name: event[name] for name in ("id", "event", "chat_id", "from", "to")} | {
+        "raw": json.dumps(event["raw"], separators=(",", ":"))
+    }
+
+
+def test_numbers_reach_the_raw_column_as_the_provider_wrote_them(backend: Backend) -> None:
+    numbers = '{"big":123456789012345678901234567890,"huge":1e400,"negative":-1e400,'
+    numbers += '"precise":0.1000000000000000055511151231257827}'
+    event = make_event(raw=load_json(f'{{"amounts":{numbers}}}'))
+    asyncio.run(deliver_all(backend.sink(), [event]))
+    [row] = backend.rows("SELECT raw, fields FROM {p}events")
+    assert row["raw"] == f'{{"amounts":{numbers}}}'
+    json.loads(row["fields"], parse_constant=pytest.fail)  # valid JSON, no Infinity
+
+
+def define_v1_tables(prefix: str) -> tuple[MetaData, Table]:
+    """The tables as wahookd's sql sink version 1 created them."""
+    metadata = MetaData()
+    when = DateTime(timezone=True)
+    events = Table(
+        f"{prefix}events",
+        metadata,
+        *(Column(name, String(255), primary_key=name == "id") for name in ("id", "source")),
+        Column("provider", String(64), nullable=False),
+        Column("kind", String(16), nullable=False),
+        *(Column(name, String(255)) for name in ("event", "message_id", "chat_id", "from", "to")),
+        Column("from_me", Boolean),
+        Column("sender_name", Text),
+        Column("type", String(32)),
+        Column("text", Text),
+        Column("media", Text),
+        Column("status", String(16)),
+        Column("error", Text),
+        Column("timestamp", when),
+        Column("received_at", when),
+        Column("raw", Text),
+        Column("stored_at", when, nullable=False),
+        Index(f"{prefix}events_message", "source", "message_id"),
+        Index(f"{prefix}events_received", "received_at"),
+    )
+    Table(
+        f"{prefix}message_status",
+        metadata,
+        *(Column(name, String(255), primary_key=True) for name in ("source", "message_id")),
+        Column("status", String(16), nullable=False),
+        Column("rank", Integer, nullable=False),
+        *(Column(name, String(255)) for name in ("chat_id", "to")),
+        Column("error", Text),
+        Column("event_id", String(255), nullable=False),
+        *(
+            Column(f"{step}_at", when)
+            for step in ("pending", "sent", "delivered", "read", "played", "failed")
+        ),
+        Column("updated_at", when, nullable=False),
+    )
+    Table(
+        f"{prefix}wahookd_schema",
+        metadata,
+        Column("component", String(64), primary_key=True),
+        Column("version", Integer, nullable=False),
+        Column("updated_at", when, nullable=False),
+    )
+    return metadata, events
+
+
+def test_tables_the_previous_version_made_are_migrated_and_keep_their_rows(backend: Backend) -> None:
+    metadata, events = define_v1_tables(backend.prefix)
+    metadata.create_all(backend.engine)
+    old = make_event(text="written by version 1")
+    now = datetime.now(UTC)
+    with backend.engine.begin() as conn:
+        conn.execute(
+            text(f"INSERT INTO {backend.prefix}wahookd_schema VALUES ('sql_sink', 1, :now)"), {"now": now}
+        )
+        conn.execute(
+            events.insert().values(
+                id=old["id"],
+                source="test",
+                provider="wasender",
+                kind="message",
+                text=old["text"],
+                stored_at=now,
+            )
+        )
+    event, status = odd_event(), make_status("L" * LONG, "sent")
+    asyncio.run(deliver_all(backend.sink(), [event, status]))
+    asyncio.run(deliver_all(backend.sink(), [make_status("L" * LONG, "read")]))  # started again
+    [row] = backend.rows("SELECT version FROM {p}wahookd_schema")
+    assert row["version"] == SCHEMA_VERSION == 2
+    rows = backend.rows("SELECT id, text, fields FROM {p}events ORDER BY stored_at")
+    assert rows[0] == {"id": old["id"], "text": "written by version 1", "fields": None}
+    assert rows[1]["text"] == stored_value(backend, event["text"])
+    assert load_json(rows[1]["fields"])["chat_id"] == event["chat_id"]
+    assert [row["status"] for row in backend.rows("SELECT status FROM {p}message_status")] == ["read"]
+    if backend.name == "postgresql":
+        columns = inspect(backend.engine).get_columns(f"{backend.prefix}events")
+        assert {str(column["type"]) for column in columns if column["name"] in ("id", "chat_id")} == {"TEXT"}
 
 
 def test_default_url_is_events_db_in_the_state_dir(tmp_path: Path) -> None:

@@ -4,16 +4,24 @@ Tables (names get the optional ``table_prefix``):
 
 - ``events``: one row per event, primary key ``id``; the SPEC §4 fields as columns
   (``"from"`` and ``"to"`` keep their names, so quote them in SQL), ``media``, ``error`` and
-  ``raw`` as JSON text, ``timestamp``/``received_at`` as UTC timestamps. Written with an
+  ``raw`` as JSON text, ``timestamp``/``received_at`` as UTC timestamps, and ``fields``: every
+  field but ``raw`` as JSON text, those without a column included. Written with an
   upsert on ``id`` (``INSERT ... ON CONFLICT (id) DO UPDATE``), so a redelivery after a crash
   or a ``wahookd replay`` leaves one row: exactly once in effect.
+- Every string column is unbounded text, so any event the intake accepted is stored. The JSON
+  columns keep the event exactly: numbers as the provider wrote them, and NUL as the JSON
+  escape ``\\u0000``. PostgreSQL text cannot hold NUL, so there (only) a NUL in a plain
+  column such as ``text`` is stored as U+FFFD; ``fields`` and ``raw`` still have it. JSON
+  columns are text rather than ``jsonb`` for the same reason (``jsonb`` refuses ``\\u0000``)
+  and because ``jsonb`` rewrites numbers (``1e400`` as a 1 and 400 zeros).
 - ``message_status``: the latest status of each outbound message, keyed by
   (``source``, ``message_id``), with one ``<status>_at`` column per step. Statuses only move
   forward (pending < sent < delivered < read < played) and ``failed`` is terminal, so a late
   ``delivered`` never overwrites ``read``; it still fills ``delivered_at``. The rule lives in
   one ``ON CONFLICT DO UPDATE ... CASE`` statement, which keeps it atomic when several
   deliveries run at once.
-- ``wahookd_schema``: one row (``component = 'sql_sink'``) with the schema version.
+- ``wahookd_schema``: one row (``component = 'sql_sink'``) with the schema version. Version 2
+  made the VARCHAR(255) columns of version 1 text and added ``fields``.
 
 Migration plan: `SCHEMA_VERSION` is bumped with every schema change, and `MIGRATIONS[n]`
 holds the function that moves a database from version n to n + 1. On start the sink creates

@@ -7,7 +7,6 @@ See `wahookd.sinks.sql` for the tables and the migration plan.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,21 +29,21 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
 
 from wahookd.errors import DeliveryError, PermanentDeliveryError, WahookdError
-from wahookd.events import STATUS_RANK, parse_iso
+from wahookd.events import STATUS_RANK, dump_json, parse_iso
 from wahookd.hookspecs import SinkContext
 from wahookd.sinks.sql import SqlOptions
 
 SCHEMA_COMPONENT = "sql_sink"
-SCHEMA_VERSION = 1
-# MIGRATIONS[n] moves a database from version n to n + 1 (see the module docstring).
-MIGRATIONS: dict[int, Callable[[Connection, dict[str, Table]], None]] = {}
+SCHEMA_VERSION = 2
 
 # `failed` is terminal: it outranks every other status and nothing outranks it.
 FAILED_RANK = 100
@@ -74,43 +73,47 @@ def database_url(options: SqlOptions, state_dir: Path) -> str:
 def define_tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
     metadata = MetaData()
     when = DateTime(timezone=True)
+    # Every string is unbounded text: a sink stores whatever the intake accepted, and a
+    # provider's ids, names and event names have no length limit (version 1's VARCHAR(255)
+    # made PostgreSQL refuse a longer one).
     events = Table(
         f"{prefix}events",
         metadata,
-        Column("id", String(255), primary_key=True),
-        Column("source", String(255), nullable=False),
-        Column("provider", String(64), nullable=False),
-        Column("kind", String(16), nullable=False),
-        Column("event", String(255)),
-        Column("message_id", String(255)),
-        Column("chat_id", String(255)),
-        Column("from", String(255)),
-        Column("to", String(255)),
+        Column("id", Text, primary_key=True),
+        Column("source", Text, nullable=False),
+        Column("provider", Text, nullable=False),
+        Column("kind", Text, nullable=False),
+        Column("event", Text),
+        Column("message_id", Text),
+        Column("chat_id", Text),
+        Column("from", Text),
+        Column("to", Text),
         Column("from_me", Boolean),
         Column("sender_name", Text),
-        Column("type", String(32)),
+        Column("type", Text),
         Column("text", Text),
         Column("media", Text),
-        Column("status", String(16)),
+        Column("status", Text),
         Column("error", Text),
         Column("timestamp", when),
         Column("received_at", when),
         Column("raw", Text),
         Column("stored_at", when, nullable=False),
+        Column("fields", Text),  # version 2; NULL in rows an older wahookd wrote
         Index(f"{prefix}events_message", "source", "message_id"),
         Index(f"{prefix}events_received", "received_at"),
     )
     status = Table(
         f"{prefix}message_status",
         metadata,
-        Column("source", String(255), primary_key=True),
-        Column("message_id", String(255), primary_key=True),
-        Column("status", String(16), nullable=False),
+        Column("source", Text, primary_key=True),
+        Column("message_id", Text, primary_key=True),
+        Column("status", Text, nullable=False),
         Column("rank", Integer, nullable=False),
-        Column("chat_id", String(255)),
-        Column("to", String(255)),
+        Column("chat_id", Text),
+        Column("to", Text),
         Column("error", Text),
-        Column("event_id", String(255), nullable=False),
+        Column("event_id", Text, nullable=False),
         *(Column(f"{step}_at", when) for step in STEPS),
         Column("updated_at", when, nullable=False),
     )
@@ -124,6 +127,47 @@ def define_tables(prefix: str) -> tuple[MetaData, dict[str, Table]]:
     return metadata, {"events": events, "message_status": status, "schema": schema}
 
 
+# Version 1's VARCHAR columns, per table.
+V1_BOUNDED = {
+    "events": (
+        "id",
+        "source",
+        "provider",
+        "kind",
+        "event",
+        "message_id",
+        "chat_id",
+        "from",
+        "to",
+        "type",
+        "status",
+    ),
+    "message_status": ("source", "message_id", "status", "chat_id", "to", "event_id"),
+}
+
+
+def unbounded_text_and_fields(conn: Connection, tables: dict[str, Table]) -> None:
+    """Version 1 -> 2: VARCHAR(n) columns become text, and ``events`` gains ``fields``.
+
+    On PostgreSQL VARCHAR to text is binary-coercible: no table rewrite, no index rebuild.
+    SQLite never enforces a VARCHAR length, so its columns stay as they are. Safe to run
+    again after an interruption (SQLite may have committed the ADD COLUMN on its own)."""
+    quote = conn.dialect.identifier_preparer.quote
+    if conn.dialect.name == "postgresql":
+        for key, names in V1_BOUNDED.items():
+            changes = ", ".join(f"ALTER COLUMN {quote(name)} TYPE text" for name in names)
+            conn.execute(text(f"ALTER TABLE {quote(tables[key].name)} {changes}"))
+    events = tables["events"].name
+    if "fields" not in {column["name"] for column in inspect(conn).get_columns(events)}:
+        conn.execute(text(f"ALTER TABLE {quote(events)} ADD COLUMN fields TEXT"))
+
+
+# MIGRATIONS[n] moves a database from version n to n + 1 (see the module docstring).
+MIGRATIONS: dict[int, Callable[[Connection, dict[str, Table]], None]] = {
+    1: unbounded_text_and_fields,
+}
+
+
 def parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
@@ -132,7 +176,21 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def as_json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """JSON text with every number as it was sent (`dump_json`). JSON writes NUL as the
+    escape ``\\u0000``, so the text holds none, and it reads back to the same value."""
+    return None if value is None else dump_json(value).decode()
+
+
+def keep(value: Any) -> Any:
+    return value
+
+
+def without_nul(value: Any) -> Any:
+    """PostgreSQL text cannot hold NUL: in a plain column it becomes U+FFFD (the exact value
+    is in ``fields`` or ``raw``, JSON text, where NUL is an escape)."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
 
 
 def status_rank(status: Any) -> int | None:
@@ -151,6 +209,7 @@ class SqlSink:
         self.is_sqlite = self.url.startswith("sqlite")
         self.metadata, self.tables = define_tables(options.table_prefix)
         self.dialect_insert = sqlite.insert if self.is_sqlite else postgresql.insert
+        self.column_text = keep if self.is_sqlite else without_nul  # SQLite text holds NUL
         # SQLite allows one writer at a time: more threads would only wait on its lock.
         workers = 1 if self.is_sqlite else options.pool_size
         self.pool_size = options.pool_size
@@ -181,8 +240,9 @@ class SqlSink:
         try:
             return await loop.run_in_executor(self._executor, function, *args)
         except (DataError, IntegrityError) as exc:
-            # The database refuses this row (e.g. a NUL character in PostgreSQL text):
-            # retrying the same row cannot help.
+            # The database refuses this row (e.g. a CHECK constraint a team added): retrying
+            # the same row cannot help. Nothing of an event itself is refused any more: text
+            # is unbounded, and NUL never reaches a PostgreSQL column (see `without_nul`).
             raise PermanentDeliveryError(f"sql: {exc.orig or exc}") from None
         except SQLAlchemyError as exc:  # connection lost, locked, server restarting
             raise DeliveryError(f"sql: {getattr(exc, 'orig', None) or exc}") from None
@@ -287,7 +347,10 @@ class SqlSink:
             "received_at": parse_time(event.get("received_at")),
             "raw": as_json(event.get("raw")),
             "stored_at": now,
+            # Every field as sent, those without a column of their own (SPEC §4) included.
+            "fields": as_json({name: value for name, value in event.items() if name != "raw"}),
         }
+        row = {name: self.column_text(value) for name, value in row.items()}
         statement = self.dialect_insert(table).values(row)
         return statement.on_conflict_do_update(
             index_elements=[table.c.id],
@@ -314,6 +377,7 @@ class SqlSink:
             f"{status}_at": moment,
             "updated_at": now,
         }
+        row = {name: self.column_text(value) for name, value in row.items()}
         statement = self.dialect_insert(table).values(row)
         new = statement.excluded
         forward = new.rank > table.c.rank
