@@ -23,7 +23,7 @@ from tornado.httpserver import HTTPServer
 from wahookd.app import make_app, make_metrics_app
 from wahookd.delivery import SinkWorker, build_sink, sink_context
 from wahookd.errors import ConfigError, WahookdError
-from wahookd.handlers import AppState
+from wahookd.handlers import AppState, ScrapeCollector
 from wahookd.hookspecs import Sink
 from wahookd.journal import Journal
 from wahookd.log import configure_logging, flush_logs, set_level
@@ -43,6 +43,7 @@ from wahookd.statelock import StateLock, prepare_state_dir
 
 log = structlog.get_logger("wahookd.daemon")
 HOUSEKEEPING_SECONDS = 60.0
+DEAD_LETTER_SECONDS = 1.0
 READ_CHUNK_BYTES = 16 * 1024
 MAX_HEADER_READ = 128 * 1024
 LOG_FLUSH_SECONDS = 0.25
@@ -241,6 +242,12 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
         ),
         rejected=RejectedStore(settings.state.dir / "rejected"),
     )
+    metrics.registry.register(ScrapeCollector(state))
+    metrics.dedupe_capacity.set(settings.dedupe.capacity)
+    metrics.dedupe_entries.set(journal.dedupe_entries)
+    for name in tables:
+        metrics.sink_paused.labels(name).set(0)
+        metrics.sink_oldest_pending.labels(name)
     server_settings = settings.server
     tls = None
     if server_settings.tls_cert is not None and server_settings.tls_key is not None:
@@ -278,6 +285,7 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
     media_task = tasks.start(media.run(), "media")
     tasks.start(housekeeping(journal, settings, metrics, list(tables)), "housekeeping")
     tasks.start(flush_logs_often(), "flush-logs")
+    tasks.start(follow_dead_letters(journal, metrics, list(tables)), "dead-letters")
     interval = watchdog_interval()
     if interval is not None:
         tasks.start(watchdog(journal, interval), "watchdog")
@@ -507,6 +515,18 @@ async def refresh_dead_letters(journal: Journal, metrics: Any, sinks: list[str])
     counts = await journal.dead_letter_counts()
     for name in sinks:
         metrics.dead_letters.labels(name).set(counts.get(name, 0))
+
+
+async def follow_dead_letters(journal: Journal, metrics: Any, sinks: list[str]) -> None:
+    """The dead-letter gauge follows the store within a second, also when another process
+    changed it (`wahookd replay --dead` empties it while the daemon runs): one grouped count
+    in a reader thread per second."""
+    while True:
+        await asyncio.sleep(DEAD_LETTER_SECONDS)
+        try:
+            await refresh_dead_letters(journal, metrics, sinks)
+        except WahookdError as exc:
+            log.warning("dead_letter_count_failed", error=str(exc))
 
 
 async def housekeeping(journal: Journal, settings: Settings, metrics: Any, sinks: list[str]) -> None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from tornado.web import HTTPError
 
 from wahookd.journal import Journal
@@ -39,9 +42,44 @@ class AppState:
     draining: bool = False
     inflight: set[Any] = field(default_factory=set)  # webhook requests being handled
     trusted_peer: TrustCache = field(init=False)
+    started: float = field(default_factory=time.time)
+    last_event: dict[str, float] = field(default_factory=dict)  # source -> when last made durable
 
     def __post_init__(self) -> None:
         self.trusted_peer = TrustCache(self.settings.server.trusted_proxies)
+
+
+class ScrapeCollector:
+    """The gauges computed when /metrics is scraped (SPEC §8): `wahookd_ready` (1 exactly when
+    /readyz would answer 200), and per source the time of its last durable event and
+    whether `stale_after` has passed since then (or since the start, when none came yet)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.state
+        ready = GaugeMetricFamily("wahookd_ready", "1 when /readyz answers 200")
+        ready.add_metric([], 0.0 if state.draining or not state.journal.healthy else 1.0)
+        last = GaugeMetricFamily(
+            "wahookd_source_last_event_timestamp_seconds",
+            "When the source's last event was made durable (Unix time)",
+            labels=["source"],
+        )
+        stale = GaugeMetricFamily(
+            "wahookd_source_stale", "1 when stale_after has passed without an event", labels=["source"]
+        )
+        now = time.time()
+        for name, source in state.settings.sources.items():
+            seen = state.last_event.get(name)
+            if seen is not None:
+                last.add_metric([name], seen)
+            if source.stale_after is not None:
+                since = state.started if seen is None else seen
+                stale.add_metric([name], 1.0 if now - since > source.stale_after else 0.0)
+        yield ready
+        yield last
+        yield stale
 
 
 class BaseHandler(tornado.web.RequestHandler):

@@ -338,7 +338,7 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
 
     async def keep_rejected(self, body: bytes, reason: str) -> None:
         try:
-            await self.state.rejected.save(self.source_name, body, reason)
+            await self.state.rejected.save(self.source_name, body, reason, settings=self.source)
         finally:
             self.reject(Rejected(400, "unparseable body"))
 
@@ -361,6 +361,12 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
         metrics = state.metrics
         for event in new:
             metrics.child(metrics.events, self.source_name, event.kind).inc()
+            if event.kind == "system":
+                up = self.provider.session_up(event)
+                if up is not None:
+                    metrics.session_up.labels(self.source_name).set(1 if up else 0)
+        if new:
+            state.last_event[self.source_name] = time.time()
         if duplicates:
             metrics.child(metrics.duplicates, self.source_name).inc(duplicates)
         self.outcome = {"accepted": len(new), "duplicates": duplicates}

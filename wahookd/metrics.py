@@ -6,7 +6,15 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from wahookd import __version__
 
@@ -34,6 +42,10 @@ class Metrics:
     media_bytes: Counter
     dedupe_entries: Gauge
     reloads: Counter
+    dedupe_capacity: Gauge
+    session_up: Gauge
+    sink_paused: Gauge
+    sink_oldest_pending: Gauge
     build_info: Info
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -46,8 +58,14 @@ class Metrics:
 
 
 def make_metrics(registry: CollectorRegistry | None = None) -> Metrics:
-    """Define every metric against `registry` (a fresh one per test)."""
+    """Define every metric against `registry` (a fresh one per test).
+
+    Gauges that are a function of the state when scraped (`wahookd_ready`, staleness) are a
+    collector the daemon registers (`ScrapeCollector` in `handlers`)."""
+    # `_created` series double the exposition and nothing reads them (SPEC §8).
+    disable_created_metrics()
     registry = registry if registry is not None else CollectorRegistry()
+    ProcessCollector(registry=registry)
     build_info = Info("wahookd_build", "wahookd version", registry=registry)
     build_info.info({"version": __version__, "python": platform.python_version()})
     return Metrics(
@@ -121,6 +139,27 @@ def make_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "wahookd_reloads",
             "Configuration reloads (SIGHUP) by outcome: ok, error",
             ["outcome"],
+            registry=registry,
+        ),
+        dedupe_capacity=Gauge(
+            "wahookd_dedupe_capacity", "Entries the dedupe index keeps (dedupe.capacity)", registry=registry
+        ),
+        session_up=Gauge(
+            "wahookd_session_up",
+            "1 when the provider's last session/connection event said connected, else 0",
+            ["source"],
+            registry=registry,
+        ),
+        sink_paused=Gauge(
+            "wahookd_sink_paused",
+            "1 while the sink is paused (operator or circuit)",
+            ["sink"],
+            registry=registry,
+        ),
+        sink_oldest_pending=Gauge(
+            "wahookd_sink_oldest_pending_seconds",
+            "Age of the oldest event waiting for the sink; 0 when caught up",
+            ["sink"],
             registry=registry,
         ),
         build_info=build_info,

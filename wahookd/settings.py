@@ -285,6 +285,9 @@ class SourceSettings(Section):
         None,
         description="provider API base URL for media lookups; default the provider's public API",
     )
+    stale_after: float | None = Field(
+        None, gt=0, description="seconds without an event after which wahookd_source_stale is 1"
+    )
 
     @model_validator(mode="before")
     @classmethod

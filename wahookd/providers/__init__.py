@@ -59,6 +59,12 @@ class Provider:
         """Answer a GET verification handshake: the challenge to echo, or None (403)."""
         return None
 
+    def session_up(self, event: Event) -> bool | None:
+        """For a `system` event: True when it says the provider's WhatsApp session is
+        connected, False when it says it is not, None when it says nothing about it. Feeds
+        `wahookd_session_up{source}`."""
+        return None
+
     @property
     def has_handshake(self) -> bool:
         """Whether `GET /webhooks/{source}` means anything for this provider (else 405)."""

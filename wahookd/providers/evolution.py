@@ -59,6 +59,14 @@ def event_key(name: str) -> str:
 class EvolutionProvider(Provider):
     name = "evolution"
 
+    def session_up(self, event: Event) -> bool | None:
+        # `connection.update` data.state: open, connecting, close
+        if event.event.lower().replace("_", ".") != "connection.update" or not isinstance(event.raw, dict):
+            return None
+        data = event.raw.get("data")
+        state = data.get("state") if isinstance(data, dict) else None
+        return None if not isinstance(state, str) else state.lower() == "open"
+
     def verify(self, request: InboundRequest, source: SourceSettings) -> bool:
         secrets = source.secret_values()
         token = header(request.headers, source.token_header)

@@ -76,6 +76,14 @@ WEBJS_TYPES = {
 class WahaProvider(Provider):
     name = "waha"
 
+    def session_up(self, event: Event) -> bool | None:
+        # `session.status` payload.status: STARTING, SCAN_QR_CODE, WORKING, FAILED, STOPPED
+        if event.event != "session.status" or not isinstance(event.raw, dict):
+            return None
+        payload = event.raw.get("payload")
+        status = payload.get("status") if isinstance(payload, dict) else None
+        return None if not isinstance(status, str) else status.upper() == "WORKING"
+
     def verify(self, request: InboundRequest, source: SourceSettings) -> bool:
         signature = header(request.headers, SIGNATURE_HEADER)
         algorithm = (header(request.headers, ALGORITHM_HEADER) or "sha512").strip().lower()

@@ -44,6 +44,13 @@ def as_list(value: Any) -> list[Any]:
 class WasenderProvider(Provider):
     name = "wasender"
 
+    def session_up(self, event: Event) -> bool | None:
+        # `session.status` data.status: connected, disconnected, need_scan, logged_out, ...
+        if event.event != "session.status" or not isinstance(event.raw, dict):
+            return None
+        status = event.raw.get("status")
+        return None if not isinstance(status, str) else status.lower() == "connected"
+
     def verify(self, request: InboundRequest, source: SourceSettings) -> bool:
         signature = header(request.headers, SIGNATURE_HEADER)
         if not signature:
