@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,11 @@ def strict_loads(data: str | bytes) -> Any:
     return json.loads(data, parse_constant=reject_constant, parse_int=NumberText, parse_float=NumberText)
 
 
+def as_decimals(data: str | bytes) -> Any:
+    """Strict JSON with every number as its exact decimal value."""
+    return json.loads(data, parse_float=Decimal, parse_int=Decimal, parse_constant=reject_constant)
+
+
 # -- the codec -------------------------------------------------------------------------
 
 
@@ -97,6 +104,48 @@ def test_a_float_is_kept_as_its_text_exactly_when_writing_the_float_back_would_c
     assert isinstance(value, ExactFloat) is not exact
     written = strict_loads(dump_json(value))
     assert written == number if not exact else float(written) == float(number)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"chat":"120363025246125486@g.us","lat":-23.5505,"lng":-46.6333}',  # a group id: text
+        '{"price":0.0,"note":"e-mail me"}',  # a zero next to "e-": read again, still 0.0
+        '{"id":"1234567890123456","tiny":1e-400}',
+        "[0.0, 1E-400, 5e-324]",
+        "[18446744073709551615, -9223372036854775808, -9223372036854775809, 18446744073709551616]",
+        '[1.5, "x", 12345678901234567890123]',
+        '{"a": [ 1234567890123456, 0.10000000000000001 ]}',
+        '{"s":"1234567890123456","f":0.1}',
+        '{"deep":[[[[[[[[[[0.1000000000000000055511151231257827]]]]]]]]]]}',
+        "1e400",
+        "0.30000000000000004",
+    ],
+)
+def test_every_number_is_written_back_as_the_same_number(document: str) -> None:
+    expected = json.loads(document, parse_float=Decimal, parse_int=Decimal)
+    for data in (document, document.encode()):
+        assert as_decimals(dump_json(load_json(data))) == expected
+    assert as_decimals(dump_json(payload.load_json(document.encode()))) == expected
+
+
+def test_random_numbers_are_written_back_as_the_same_numbers() -> None:
+    rng = random.Random(10)
+    for _ in range(3000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 24))).lstrip("0") or "0"
+        number = rng.choice(["", "-"]) + digits
+        if rng.random() < 0.6:
+            point = rng.randint(1, len(number.lstrip("-")))
+            number = number[: len(number) - point] + "." + number[len(number) - point :]
+            number = number.replace("-.", "-0.").lstrip(".") or "0"
+            if number.startswith("."):
+                number = "0" + number
+        if rng.random() < 0.5:
+            number += rng.choice("eE") + rng.choice(["", "+", "-"]) + str(rng.randint(0, 420))
+        neighbour = rng.choice(['"120363025246125486@g.us"', '"e-mail"', "0.5", "7", "0.0"])
+        document = f'{{"n":{number},"m":{neighbour}}}'
+        expected = json.loads(document, parse_float=Decimal, parse_int=Decimal)
+        assert as_decimals(dump_json(load_json(document))) == expected, document
 
 
 def test_ints_beyond_64_bits_are_exact_next_to_lone_surrogates_and_other_types() -> None:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from wahookd.errors import ParseError
-from wahookd.events import exact_float, has_float, rfc3339
+from wahookd.events import exact_float, orjson_is_exact, rfc3339
 
 # A JSON escape of a UTF-16 surrogate: only then can a decoded string hold a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
@@ -59,7 +59,7 @@ def load_json(body: bytes) -> Any:
     """
     try:
         data = orjson.loads(body)
-        exact = not has_float(data)
+        exact = orjson_is_exact(data, body)
         checked = True  # orjson refuses lone surrogates
     except orjson.JSONDecodeError:
         exact = checked = False
