@@ -51,10 +51,14 @@ if [ -n "$ROOT" ]; then
     ROOT=$(cd "$ROOT" && pwd)
     [ "$ROOT" != / ] || ROOT=""
 fi
-# Plugin paths are taken relative to where the script was called from.
+# Plugin paths are taken relative to where the script was called from (no spaces in them).
+PLUGINS=""
 for plugin in "$@"; do
     [ -e "$plugin/pyproject.toml" ] || [ -e "$plugin/setup.py" ] || die "$plugin is not a Python distribution"
+    case $plugin in *[[:space:]]*) die "plugin paths cannot hold spaces: $plugin" ;; esac
+    PLUGINS="$PLUGINS $(cd "$plugin" && pwd)"
 done
+PLUGINS=${PLUGINS# }
 
 if [ "$(id -u)" -ne 0 ] && [ -z "$ROOT" ]; then
     die "run as root (or give --root DIR)"
@@ -73,13 +77,27 @@ UNIT_DIR=$ROOT/etc/systemd/system
 
 echo "==> venv $VENV"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-# setuptools builds in the checkout's build/ and reuses build/lib: a module deleted since
-# the last build would be installed again. Start each build clean.
-for dist in "$SRC" "$@"; do
-    rm -rf "$dist/build"
+# pip builds in the source tree, and setuptools reuses its build/lib: a module deleted since
+# an earlier build would be installed again. Build from clean copies instead, which also
+# leaves the checkout untouched (it may be read-only, or shared with a running build).
+BUILD=$(mktemp -d)
+trap 'rm -rf "$BUILD"' EXIT
+copy_source() {
+    mkdir -p "$2"
+    tar -C "$1" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+        --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis --exclude=.ruff_cache \
+        -cf - . | tar -C "$2" -xf -
+}
+copy_source "$SRC" "$BUILD/wahookd"
+set --
+n=0
+for plugin in $PLUGINS; do
+    n=$((n + 1))
+    copy_source "$plugin" "$BUILD/plugin$n"
+    set -- "$@" "$BUILD/plugin$n"
 done
-echo "==> pip install wahookd $*"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "$SRC" "$@"
+echo "==> pip install wahookd $PLUGINS"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "$BUILD/wahookd" "$@"
 "$VENV/bin/wahookd" --help >/dev/null || die "the installed wahookd does not run"
 install -d -m 0755 "$VENV/share/doc/wahookd"
 install -m 0644 "$SRC/README.md" "$SRC"/docs/*.md "$VENV/share/doc/wahookd/"
