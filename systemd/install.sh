@@ -76,7 +76,10 @@ ETC=$ROOT/etc/wahookd
 UNIT_DIR=$ROOT/etc/systemd/system
 
 echo "==> venv $VENV"
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+# A venv whose interpreter is gone (a distribution upgrade replaced python3.11) is remade.
+if ! "$VENV/bin/python" -c '' 2>/dev/null; then
+    "$PYTHON" -m venv --clear "$VENV"
+fi
 # pip builds in the source tree, and setuptools reuses its build/lib: a module deleted since
 # an earlier build would be installed again. Build from clean copies instead, which also
 # leaves the checkout untouched (it may be read-only, or shared with a running build).
