@@ -332,7 +332,8 @@ def test_valid_listen_addresses_pass(listen: str) -> None:
 def test_a_file_sink_under_an_unwritable_path_fails_check_config(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        f'[state]\ndir = "{tmp_path}/state"\n[sinks.archive]\nplugin = "file"\npath = "/proc/nope/events.jsonl"\n',
+        f'[state]\ndir = "{tmp_path}/state"\n'
+        '[sinks.archive]\nplugin = "file"\npath = "/proc/nope/events.jsonl"\n',
     )
     result = run_cli("check-config", "--config", str(path))
     assert result.returncode == 1
@@ -351,3 +352,29 @@ def test_check_config_reports_core_and_plugin_problems_together(tmp_path: Path) 
     assert any(line.startswith("wahookd: error: server.listen:") for line in lines)
     assert any(line.startswith("wahookd: error: sources.fb.secret_file: cannot read") for line in lines)
     assert any(line.startswith("wahookd: error: sinks.crm.url:") for line in lines)
+
+
+def test_plugin_keys_of_a_sink_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WAHOOKD_SINKS__ARCHIVE__PLUGIN", "file")
+    monkeypatch.setenv("WAHOOKD_SINKS__ARCHIVE__PATH", str(tmp_path / "x.jsonl"))
+    monkeypatch.setenv("WAHOOKD_SINKS__ARCHIVE__MAX_BYTES", "1000")
+    settings, _ = load_settings(write(tmp_path, ""))
+    assert settings.sinks["archive"].plugin_options() == {
+        "path": str(tmp_path / "x.jsonl"),
+        "max_bytes": 1000,
+    }
+
+
+def test_status_works_without_the_services_secret_files(tmp_path: Path) -> None:
+    # Under systemd the secrets exist only in the service's $CREDENTIALS_DIRECTORY.
+    path = write(
+        tmp_path,
+        f'[state]\ndir = "{tmp_path}/state"\n'
+        '[sources.fb]\nprovider = "meta"\nsecret_file = "only-for-the-service"\n',
+    )
+    status = run_cli("status", "--config", str(path))
+    assert "secret" not in status.stderr  # only: no journal yet in this fresh state dir
+    assert "has not run with this state directory yet" in status.stderr
+    assert run_cli("check-config", "--config", str(path)).returncode == 1

@@ -224,7 +224,7 @@ def format_status(status: Status) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     """`wahookd status [--json]`."""
-    settings, _ = load_settings(args.config)
+    settings, _ = load_settings(args.config, read_secrets=False)
     status = collect_status(settings)
     if getattr(args, "json", False):
         print(json.dumps(asdict(status), indent=2))

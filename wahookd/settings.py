@@ -70,6 +70,14 @@ Secret = Annotated[SecretStr, AfterValidator(_not_blank)]
 # -- `_file` keys ---------------------------------------------------------------------
 
 
+# What a secret file that could not be read becomes for `load_settings(read_secrets=False)`.
+UNREAD_SECRET = "(secret file not read)"  # noqa: S105 - a placeholder, not a credential
+
+
+def _context(info: ValidationInfo | None) -> dict[str, Any]:
+    return info.context if info is not None and isinstance(info.context, dict) else {}
+
+
 def resolve_file(path_text: str | os.PathLike[str], info: ValidationInfo | None = None) -> Path:
     """Where a relative `*_file` path points: `$CREDENTIALS_DIRECTORY` when systemd set one
     (`LoadCredential=`), else the config file's directory, else the working directory."""
@@ -79,8 +87,7 @@ def resolve_file(path_text: str | os.PathLike[str], info: ValidationInfo | None 
     base = os.environ.get("CREDENTIALS_DIRECTORY")
     if base:
         return Path(base) / path
-    context = info.context if info is not None and isinstance(info.context, dict) else {}
-    return Path(context.get("config_dir") or Path.cwd()) / path
+    return Path(_context(info).get("config_dir") or Path.cwd()) / path
 
 
 def read_secret_file(path_text: str | os.PathLike[str], info: ValidationInfo | None = None) -> str:
@@ -116,6 +123,9 @@ def resolve_secret_files(data: Any, secret_keys: tuple[str, ...], info: Validati
                 raise ValueError(f"give {key} or {file_key}, not both")
             data[key] = read_secret_file(str(value), info)
         except ValueError as exc:
+            if not _context(info).get("read_secrets", True):
+                data[key] = UNREAD_SECRET  # a command that never uses secrets (status)
+                continue
             error = PydanticCustomError("secret_file", "{problem}", {"problem": str(exc)})
             errors.append(InitErrorDetails(type=error, loc=(file_key,), input=value))
     if errors:
@@ -142,6 +152,8 @@ class ListFromEnvironment(EnvSettingsSource):
         try:
             return super().decode_complex_value(field_name, field, value)
         except ValueError:
+            if field is None:  # a plugin's own key (sinks.<name>.path): its model decides
+                return value
             origin = getattr(field.annotation, "__origin__", None)
             if origin is list and isinstance(value, str):
                 return [item.strip() for item in value.split(",") if item.strip()]
@@ -439,17 +451,23 @@ def environment_table() -> dict[str, Any]:
         raise ConfigError([f"environment: {exc.__cause__ or exc}"]) from None
 
 
-def load_settings(explicit: str | os.PathLike[str] | None = None) -> tuple[Settings, Path | None]:
+def load_settings(
+    explicit: str | os.PathLike[str] | None = None, *, read_secrets: bool = True
+) -> tuple[Settings, Path | None]:
     """Read and validate the configuration; `ConfigError` lists every problem.
 
-    `ConfigError.data` carries the merged table, so the caller can still check its parts."""
+    `read_secrets=False` is for commands that only read the state (`status`): a secret file
+    they cannot read (it exists for the service under `LoadCredential=`, or only root may
+    read it) is not their problem. `ConfigError.data` carries the merged table, so the
+    caller can still check its parts."""
     data, used = read_config_file(explicit)
     data = deep_update(data, environment_table())
     config_dir = used.resolve().parent if used else None
+    context = {"config_dir": config_dir, "read_secrets": read_secrets}
     try:
-        settings = Settings.model_validate(data, context={"config_dir": config_dir})
+        settings = Settings.model_validate(data, context=context)
     except ValidationError as exc:
-        raise ConfigError(describe_errors(exc), data, {"config_dir": config_dir}) from None
+        raise ConfigError(describe_errors(exc), data, context) from None
     settings._config_dir = config_dir
     return settings, used
 
