@@ -245,7 +245,7 @@ def test_the_unit_runs_the_venv_as_a_notify_service_with_reload_watchdog_and_sta
     assert settings["NotifyAccess"] == ["main"]
     assert settings["ExecStart"] == [f"/opt/wahookd/bin/wahookd serve {config}"]
     assert settings["ExecStartPre"] == [f"/opt/wahookd/bin/wahookd check-config {config}"]
-    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert settings["ExecReload"] == [f"/opt/wahookd/bin/wahookd reload {config}"]
     assert settings["WatchdogSec"] == ["30"]
     assert settings["StateDirectory"] == ["wahookd"]
     assert settings["StateDirectoryMode"] == ["0700"]

@@ -471,3 +471,39 @@ def test_a_reload_applies_sink_filters_at_once(daemon_factory: Any, tmp_path: Pa
     lines = wait_for_lines(out, 1)
     assert [line["message_id"] for line in lines] == ["F2"]  # F1 was filtered out before
     assert daemon.stop() == 0
+
+
+def test_wahookd_reload_waits_for_the_verdict_and_fails_on_a_bad_file(daemon_factory: Any) -> None:
+    # The unit's ExecReload=: `systemctl reload` ends when the reload has, and fails with it.
+    daemon: DaemonProcess = daemon_factory(SOURCES).start()
+
+    def reload() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "wahookd.cli", "reload", "--config", str(daemon.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    good = reload()
+    assert good.returncode == 0, good.stderr
+    assert good.stdout == "reloaded\n"
+    good_text = daemon.config_path.read_text()
+    # Refused by the daemon (its secret file is missing), not by this command.
+    daemon.config_path.write_text(good_text.replace(f'secret = "{SECRET}"', 'secret_file = "missing"'))
+    bad = reload()
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(
+        "wahookd: error: reload refused, nothing changed: sources.shop.secret_file: "
+    )
+    # Refused here already: the daemon would say the same.
+    daemon.config_path.write_text(good_text.replace(f'secret = "{SECRET}"', 'secret = ""'))
+    assert reload().stderr.startswith(
+        "wahookd: error: reload refused, nothing changed: sources.shop.secret: "
+    )
+    assert post(daemon.port, "/webhooks/shop", wasender_body("V1"), wasender_headers(SECRET))[0] == 200
+    daemon.config_path.write_text(good_text)
+    assert daemon.stop() == 0
+    stopped = reload()
+    assert stopped.returncode == 1
+    assert "no daemon is running on" in stopped.stderr

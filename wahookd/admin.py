@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -17,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from wahookd.delivery import build_sink, sink_context
-from wahookd.errors import WahookdError
+from wahookd.errors import ConfigError, WahookdError
 from wahookd.journal import JOURNAL_FILE
 from wahookd.log import configure_logging
 from wahookd.plugins import collect, get_plugin_manager
 from wahookd.replay import ReplayResult, parse_since, replay_sink
 from wahookd.settings import Settings, load_settings
+from wahookd.statelock import RELOAD_RESULT, holder_pid
 
 # -- the journal, opened beside a running daemon -----------------------------------
 
@@ -220,6 +223,46 @@ def format_status(status: Status) -> str:
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    """`wahookd reload`: SIGHUP to the daemon holding the state directory, then wait for
+    its verdict; exit 1 when the new configuration was refused (nothing changed).
+
+    A file this command cannot load, the daemon would refuse too: it is not signalled."""
+    try:
+        settings, _ = load_settings(args.config, read_secrets=False)
+    except ConfigError as exc:
+        raise ConfigError(
+            [f"reload refused, nothing changed: {problem}" for problem in exc.problems]
+        ) from None
+    state_dir = settings.state.dir
+    pid = holder_pid(state_dir)
+    if pid is None:
+        raise WahookdError(f"no daemon is running on {state_dir}")
+
+    def last_generation() -> tuple[int, dict[str, Any]]:
+        try:
+            result = json.loads((state_dir / RELOAD_RESULT).read_text())
+        except (OSError, ValueError):
+            return 0, {}
+        return (int(result.get("generation", 0)), result) if result.get("pid") == pid else (0, {})
+
+    before, _ = last_generation()
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        generation, result = last_generation()
+        if generation > before:
+            if result.get("outcome") == "ok":
+                kept = result.get("restart_required") or []
+                print("reloaded" + (f"; needs a restart: {', '.join(kept)}" if kept else ""))
+                return 0
+            raise ConfigError(
+                [f"reload refused, nothing changed: {problem}" for problem in result["problems"]]
+            )
+        time.sleep(0.05)
+    raise WahookdError(f"pid {pid} did not finish the reload within {args.timeout:g} s")
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--dead", action="store_true", help="re-deliver dead letters")
     replay.add_argument("--since", help="only events received at or after this RFC 3339 time")
 
+    reload = command("reload", "reload the running daemon's configuration and wait for its verdict")
+    reload.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+
     status = command("status", "journal size, per-sink backlog and dead letters, dedupe fill")
     status.add_argument("--json", action="store_true", help="print the figures as JSON")
     command("plugins", "installed plugins and the sinks and providers they provide")
@@ -80,7 +83,13 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         return run_send_test
     from wahookd import admin
 
-    return {"replay": admin.run_replay, "status": admin.run_status, "plugins": admin.run_plugins}[command]
+    commands = {
+        "replay": admin.run_replay,
+        "status": admin.run_status,
+        "plugins": admin.run_plugins,
+        "reload": admin.run_reload,
+    }
+    return commands[command]
 
 
 def check_config(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import signal
 import socket
@@ -39,7 +40,7 @@ from wahookd.settings import (
     load_settings,
     split_host_port,
 )
-from wahookd.statelock import StateLock, prepare_state_dir
+from wahookd.statelock import RELOAD_RESULT, StateLock, prepare_state_dir
 
 log = structlog.get_logger("wahookd.daemon")
 HOUSEKEEPING_SECONDS = 60.0
@@ -418,6 +419,7 @@ class Reloader:
         self.tls = tls
         self.running = False
         self.again = False
+        self.generation = 0
 
     def request(self, tasks: TaskSet) -> None:
         if self.running:  # a second SIGHUP during a reload: one more pass afterwards
@@ -452,12 +454,16 @@ class Reloader:
             problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
             metrics.reloads.labels("error").inc()
             log.error("reload_failed", problems=problems, hint="nothing changed")
+            outcome: dict[str, Any] = {"outcome": "error", "problems": problems}
         else:
             self.apply(merged, prepared)
             metrics.reloads.labels("ok").inc()
             log.info("reloaded", sources=sorted(merged.sources), restart_required=kept)
+            outcome = {"outcome": "ok", "restart_required": kept}
         finally:
             notify_systemd("READY=1")
+        self.generation += 1
+        await asyncio.to_thread(write_reload_result, self.state.settings.state.dir, self.generation, outcome)
 
     def apply(self, settings: Settings, prepared: Prepared) -> None:
         state = self.state
@@ -471,6 +477,15 @@ class Reloader:
         for name, worker in self.workers.items():
             worker.reconfigure(tables[name])
         set_level(settings.server.log_level)
+
+
+def write_reload_result(state_dir: Path, generation: int, outcome: dict[str, Any]) -> None:
+    """What the last reload did, for `wahookd reload` (the unit's `ExecReload=`), which
+    waits for it, so that `systemctl reload` ends when the reload has and fails when it did."""
+    path = state_dir / RELOAD_RESULT
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "generation": generation, **outcome}))
+    temporary.replace(path)
 
 
 # -- watchdog --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from wahookd.errors import WahookdError
 
 LOCK_NAME = "wahookd.lock"
+RELOAD_RESULT = "reload.json"  # the last reload's verdict, for `wahookd reload`
 
 
 def prepare_state_dir(directory: Path) -> None:
@@ -30,6 +31,23 @@ def prepare_state_dir(directory: Path) -> None:
         raise WahookdError(f"state.dir {directory} exists and is not a directory") from None
     except OSError as exc:
         raise WahookdError(f"cannot create state.dir {directory}: {exc.strerror or exc}") from None
+
+
+def holder_pid(directory: Path) -> int | None:
+    """The PID of the daemon holding `directory`, or None when no daemon holds it."""
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else None
+        return None  # we could lock it: nobody holds it
+    finally:
+        os.close(fd)
 
 
 class StateLock:
