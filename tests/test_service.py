@@ -436,12 +436,24 @@ def test_log_level_and_access_log_settings(daemon_factory: Any) -> None:
 
 
 def test_no_phone_number_or_jid_in_any_log_line(daemon_factory: Any, tmp_path: Path) -> None:
+    from tests.conftest import FIXTURES
+
     out = tmp_path / "events.jsonl"
-    daemon: DaemonProcess = daemon_factory(SOURCES + sink_config(out)).start()
+    # A sink that fails (nothing listens there) logs each retry, naming the event.
+    failing = f'\n[sinks.crm]\nplugin = "forward"\nurl = "http://127.0.0.1:{free_port()}/"\nsecret = "x"\n'
+    waha = '\n[sources.waha]\nprovider = "waha"\nverify = "none"\n'
+    daemon: DaemonProcess = daemon_factory(SOURCES + waha + sink_config(out) + failing).start()
     assert post(daemon.port, "/webhooks/shop", wasender_body("P1"), wasender_headers(SECRET))[0] == 200
-    assert wait_for_lines(out, 1)[0]["from"] == "1234567890"
+    # WAHA's message id itself carries the phone number: false_11111111111@c.us_AAA...
+    body = (FIXTURES / "waha" / "message.json").read_bytes()
+    assert post(daemon.port, "/webhooks/waha", body, {"Content-Type": "application/json"})[0] == 200
+    assert wait_for_lines(out, 2)[0]["from"] == "1234567890"
+    assert wait_until(lambda: "sink_delivery_failed" in daemon.log())
     assert daemon.stop() == 0
-    assert "1234567890" not in daemon.log()
+    log = daemon.log()
+    assert '"event_ref":' in log
+    for needle in ("1234567890", "11111111111", "@c.us", "@s.whatsapp.net"):
+        assert needle not in log
 
 
 def test_version_and_operator_help() -> None:

@@ -35,7 +35,7 @@ from wahookd.errors import (
     PermanentDeliveryError,
     WahookdError,
 )
-from wahookd.events import load_json
+from wahookd.events import event_ref, load_json
 from wahookd.hookspecs import Sink, SinkContext
 from wahookd.journal import Journal, ReadyEvent
 from wahookd.metrics import Metrics
@@ -289,11 +289,11 @@ class SinkWorker:
             elif not probe:
                 retry_at = now + backoff_delay(attempt, table.backoff_initial, table.backoff_max)
             if probe:
-                self.log.debug("sink_probe_failed", event_id=event.get("id"), error=error)
+                self.log.debug("sink_probe_failed", event_ref=event_ref(str(event.get("id"))), error=error)
             else:
                 self.log.warning(
                     "sink_delivery_failed",
-                    event_id=event.get("id"),
+                    event_ref=event_ref(str(event.get("id"))),
                     attempt=attempt,
                     retry_in=round(retry_at - now, 3),
                     error=error,
@@ -302,7 +302,7 @@ class SinkWorker:
             if outcome is None:
                 return False
             if outcome == "dropped":
-                self.log.info("sink_event_filtered_out", event_id=event.get("id"))
+                self.log.info("sink_event_filtered_out", event_ref=event_ref(str(event.get("id"))))
                 return True
             probe = outcome == "probe"
 
@@ -369,4 +369,6 @@ class SinkWorker:
         await self.journal.dead_letter(self.name, ready.seq, event, attempts, error[:1000])
         self.metrics.sink_deliveries.labels(self.name, "dead").inc()
         self.metrics.dead_letters.labels(self.name).inc()
-        self.log.error("sink_dead_letter", event_id=event.get("id"), attempts=attempts, error=error)
+        self.log.error(
+            "sink_dead_letter", event_ref=event_ref(str(event.get("id"))), attempts=attempts, error=error
+        )

@@ -351,3 +351,10 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def event_ref(event_id: str) -> str:
+    """How a log line names an event: a short hash of its id, because ids of some providers
+    carry a phone number or a WhatsApp address (WAHA's `false_4915...@c.us_...`), and logs
+    must not. `wahookd trace` accepts it in place of the id."""
+    return hashlib.blake2b(event_id.encode(), digest_size=6).hexdigest()
