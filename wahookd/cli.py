@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", "journal size, per-sink backlog and dead letters, dedupe fill")
     status.add_argument("--json", action="store_true", help="print the figures as JSON")
     command("plugins", "installed plugins and the sinks and providers they provide")
+
+    trace = command("trace", "everything known about one event: received, media, and per sink")
+    trace.add_argument(
+        "id", help="event id, its event_ref from the logs, a provider message id, or a phone/LID"
+    )
+    trace.add_argument("--json", action="store_true", help="print it as JSON")
+    trace.add_argument("--raw", action="store_true", help="include the provider's raw payload")
+    trace.add_argument("--limit", type=int, default=10, help="most events shown for a contact (default 10)")
     return parser
 
 
@@ -81,6 +89,10 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from wahookd.sendtest import run_send_test
 
         return run_send_test
+    if command == "trace":
+        from wahookd.trace import run_trace
+
+        return run_trace
     from wahookd import admin
 
     commands = {

@@ -246,9 +246,7 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
     metrics.registry.register(ScrapeCollector(state))
     metrics.dedupe_capacity.set(settings.dedupe.capacity)
     metrics.dedupe_entries.set(journal.dedupe_entries)
-    for name in tables:
-        metrics.sink_paused.labels(name).set(0)
-        metrics.sink_oldest_pending.labels(name)
+    zero_series(metrics, settings, list(tables))
     server_settings = settings.server
     tls = None
     if server_settings.tls_cert is not None and server_settings.tls_key is not None:
@@ -341,6 +339,22 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
     log.info("stopped", unfinished_sinks=len(pending))
     flush_logs()
     return 0
+
+
+def zero_series(metrics: Any, settings: Settings, sinks: list[str]) -> None:
+    """Every labelled series that alerts compute `increase()` over exists from the start,
+    at 0: a counter born at 1 hides its first increment from Prometheus."""
+    for outcome in ("ok", "error"):
+        metrics.reloads.labels(outcome)
+    for name in sinks:
+        metrics.sink_paused.labels(name).set(0)
+        metrics.sink_oldest_pending.labels(name)
+        for outcome in ("delivered", "retry", "dead"):
+            metrics.sink_deliveries.labels(name, outcome)
+    for source in settings.sources:
+        metrics.duplicates.labels(source)
+        for outcome in ("stored", "retry", "failed", "refused"):
+            metrics.media_downloads.labels(source, outcome)
 
 
 def warn_about_sources(settings: Settings) -> None:

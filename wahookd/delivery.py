@@ -265,10 +265,13 @@ class SinkWorker:
         attempt = 0  # tries on the backoff's schedule, the ones `max_attempts` counts
         retry_at = 0.0
         probe = False
+        recorded = False  # a `retries` row exists for `trace`
         while True:
             attempt += not probe
             failure = await self._attempt(event, probe)
             if failure is None:
+                if recorded:
+                    await self._note_retry(event, None)
                 return True
             error, retry_after = failure.error, failure.retry_after
             table = self.table  # reloaded settings decide what follows
@@ -279,6 +282,8 @@ class SinkWorker:
                 or now - first_try >= table.max_age
             ):
                 await self._dead_letter(ready, event, attempt, error)
+                if recorded:
+                    await self._note_retry(event, None)
                 return True
             if retry_after is not None:
                 # The target's word, within our own limits: a far-off Retry-After must
@@ -298,6 +303,8 @@ class SinkWorker:
                     retry_in=round(retry_at - now, 3),
                     error=error,
                 )
+                await self._note_retry(event, (attempt, time.time() + retry_at - now, error))
+                recorded = True
             outcome = await self._wait_to_retry(event, now, retry_at)
             if outcome is None:
                 return False
@@ -305,6 +312,20 @@ class SinkWorker:
                 self.log.info("sink_event_filtered_out", event_ref=event_ref(str(event.get("id"))))
                 return True
             probe = outcome == "probe"
+
+    async def _note_retry(self, event: dict[str, Any], retry: tuple[int, float, str] | None) -> None:
+        """Keep the journal's `retries` row (what `wahookd trace` shows) in step; it is only
+        information, so a journal that cannot take it does not hold the delivery up."""
+        try:
+            if retry is None:
+                await self.journal.clear_retry(self.name, str(event.get("id")))
+            else:
+                attempts, next_try, error = retry
+                await self.journal.record_retry(
+                    self.name, str(event.get("id")), attempts, next_try, error[:1000]
+                )
+        except JournalError as exc:
+            self.log.warning("sink_retry_note_failed", error=str(exc))
 
     async def _attempt(self, event: dict[str, Any], probe: bool) -> Failure | None:
         """One try of `sink.deliver`; None when delivered."""

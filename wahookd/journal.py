@@ -78,6 +78,21 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_sink ON dead_letters(sink, id);
+-- When each sink's position passed each point: `trace` tells when an event was delivered.
+CREATE TABLE IF NOT EXISTS deliveries (
+    sink TEXT NOT NULL, dseq INTEGER NOT NULL, at REAL NOT NULL, PRIMARY KEY (sink, dseq)
+) WITHOUT ROWID;
+-- The event a sink is retrying (at most `concurrency` per sink): `trace` and `status`.
+CREATE TABLE IF NOT EXISTS retries (
+    sink TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_try REAL NOT NULL,
+    last_error TEXT NOT NULL,
+    PRIMARY KEY (sink, event_id)
+) WITHOUT ROWID;
+-- Sinks an operator paused (`wahookd pause`): the daemon follows this table.
+CREATE TABLE IF NOT EXISTS pauses (sink TEXT PRIMARY KEY, paused_at REAL NOT NULL);
 """
 MAX_JOBS_PER_COMMIT = 512
 MAX_ROWS_PER_STATEMENT = 256
@@ -651,13 +666,37 @@ class Journal:
         return start
 
     async def save_cursor(self, sink: str, dseq: int) -> None:
-        await self._submit(
-            lambda conn: conn.execute(
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO cursors (sink, dseq) VALUES (?, ?) "
                 "ON CONFLICT(sink) DO UPDATE SET dseq = excluded.dseq",
                 (sink, dseq),
             )
+            conn.execute(
+                "INSERT OR REPLACE INTO deliveries (sink, dseq, at) VALUES (?, ?, ?)",
+                (sink, dseq, time.time()),
+            )
+
+        await self._submit(work)
+
+    async def record_retry(
+        self, sink: str, event_id: str, attempts: int, next_try: float, error: str
+    ) -> None:
+        await self._submit(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO retries (sink, event_id, attempts, next_try, last_error) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (sink, event_id, attempts, next_try, error),
+            )
         )
+
+    async def clear_retry(self, sink: str, event_id: str) -> None:
+        await self._submit(
+            lambda conn: conn.execute("DELETE FROM retries WHERE sink = ? AND event_id = ?", (sink, event_id))
+        )
+
+    async def paused_sinks(self) -> set[str]:
+        return {row[0] for row in await self._read("SELECT sink FROM pauses", ())}
 
     async def dead_letter(
         self, sink: str, seq: int, event: dict[str, Any], attempts: int, error: str
@@ -693,6 +732,12 @@ class Journal:
                 "AND received_at < ? ORDER BY dseq LIMIT ?)",
                 (row[0], older_than, limit),
             ).rowcount
+            # Delivery times of events that are gone, except each sink's latest.
+            conn.execute(
+                "DELETE FROM deliveries WHERE at < ? AND dseq < (SELECT max(d.dseq) FROM deliveries d "
+                "WHERE d.sink = deliveries.sink)",
+                (older_than,),
+            )
             return deleted, row[0]
 
         deleted, passed = await self._submit(work)
@@ -731,3 +776,99 @@ def encode(event: dict[str, Any]) -> str:
 
 def format_time_from(epoch: float) -> str:
     return format_time(datetime.fromtimestamp(epoch, tz=UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    dseq: int | None  # None while its media is being fetched
+    received_at: float
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkRecord:
+    """What the journal knows about one event at one sink."""
+
+    cursor: int | None  # the sink's position; None when it never ran
+    delivered_at: float | None
+    retry: tuple[int, float, str] | None  # attempts, next try (epoch), last error
+    dead: tuple[int, str, float] | None  # attempts, error, when
+    paused: bool
+
+
+CONTACT_FIELDS = ("from", "to", "chat_id", "from_lid", "from_user_id")
+
+
+class JournalReader:
+    """The journal as the CLI reads it, safely beside a running daemon (`trace`): the one
+    owner of these queries. Each method is one read; the connection is the caller's."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def _events(self, where: str, params: tuple[Any, ...], limit: int) -> list[StoredEvent]:
+        rows = self.conn.execute(
+            f"SELECT seq, dseq, received_at, body FROM events WHERE {where} ORDER BY seq DESC LIMIT ?",  # noqa: S608 - fixed clauses
+            (*params, limit),
+        ).fetchall()
+        return [StoredEvent(seq, dseq, received_at, load_json(body)) for seq, dseq, received_at, body in rows]
+
+    def by_id(self, event_id: str) -> list[StoredEvent]:
+        return self._events("id = ?", (event_id,), 1)
+
+    def by_message_id(self, message_id: str, limit: int) -> list[StoredEvent]:
+        return self._events("json_extract(body, '$.message_id') = ?", (message_id,), limit)
+
+    def by_contact(self, contact: str, limit: int) -> list[StoredEvent]:
+        clause = " OR ".join(f"json_extract(body, '$.\"{field}\"') = ?" for field in CONTACT_FIELDS)
+        return self._events(f"({clause})", (contact,) * len(CONTACT_FIELDS), limit)
+
+    def by_ref(self, ref: str, limit: int) -> list[StoredEvent]:
+        """Events whose `event_ref` (a hash of the id, as log lines name them) is `ref`."""
+        from wahookd.events import event_ref
+
+        seqs = [
+            seq
+            for seq, event_id in self.conn.execute("SELECT seq, id FROM events")
+            if event_ref(event_id) == ref
+        ]
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs[:limit]))
+        return self._events(f"seq IN ({marks})", tuple(seqs[:limit]), limit)
+
+    def dead_letters_of(self, event_id: str) -> list[tuple[str, dict[str, Any], float]]:
+        """Dead letters of an event whose journal row is gone (pruned): sink, event, when."""
+        rows = self.conn.execute(
+            "SELECT sink, body, failed_at FROM dead_letters WHERE event_id = ? ORDER BY id", (event_id,)
+        ).fetchall()
+        return [(sink, load_json(body), failed_at) for sink, body, failed_at in rows]
+
+    def sink_record(self, sink: str, stored: StoredEvent) -> SinkRecord:
+        event_id = stored.event.get("id", "")
+        cursor_row = self.conn.execute("SELECT dseq FROM cursors WHERE sink = ?", (sink,)).fetchone()
+        cursor = None if cursor_row is None else int(cursor_row[0])
+        delivered_at = None
+        if stored.dseq is not None and cursor is not None and stored.dseq <= cursor:
+            row = self.conn.execute(
+                "SELECT min(at) FROM deliveries WHERE sink = ? AND dseq >= ?", (sink, stored.dseq)
+            ).fetchone()
+            delivered_at = row[0]
+        retry = self.conn.execute(
+            "SELECT attempts, next_try, last_error FROM retries WHERE sink = ? AND event_id = ?",
+            (sink, event_id),
+        ).fetchone()
+        dead = self.conn.execute(
+            "SELECT attempts, error, failed_at FROM dead_letters WHERE sink = ? AND event_id = ? "
+            "ORDER BY id DESC",
+            (sink, event_id),
+        ).fetchone()
+        paused = self.conn.execute("SELECT 1 FROM pauses WHERE sink = ?", (sink,)).fetchone() is not None
+        return SinkRecord(
+            cursor,
+            delivered_at,
+            None if retry is None else (int(retry[0]), float(retry[1]), str(retry[2])),
+            None if dead is None else (int(dead[0]), str(dead[1]), float(dead[2])),
+            paused,
+        )
