@@ -168,3 +168,22 @@ def test_the_dead_letter_gauge_moves_at_once_after_a_cli_replay(daemon_factory: 
         assert time.monotonic() - replayed_at < 3
     finally:
         server.shutdown()
+
+
+def test_oldest_pending_grows_for_a_failing_sink_and_is_0_for_a_caught_up_one(
+    daemon_factory: Any, tmp_path: Any
+) -> None:
+    from tests.conftest import free_port
+
+    out = tmp_path / "events.jsonl"
+    sinks = (
+        f'\n[sinks.archive]\nplugin = "file"\npath = "{out}"\n'
+        f'\n[sinks.crm]\nplugin = "forward"\nurl = "http://127.0.0.1:{free_port()}/"\nsecret = "x"\n'
+    )
+    daemon: DaemonProcess = daemon_factory(CONFIG + sinks).start()
+    assert post(daemon.port, "/webhooks/shop", wasender_body("O1"), wasender_headers("s3cret"))[0] == 200
+    assert wait_until(
+        lambda: metric_value(daemon.port, "wahookd_sink_oldest_pending_seconds", '{sink="crm"}') > 1, 10
+    )
+    assert metric_value(daemon.port, "wahookd_sink_oldest_pending_seconds", '{sink="archive"}') == 0
+    assert metric_value(daemon.port, "wahookd_sink_backlog", '{sink="crm"}') == 1

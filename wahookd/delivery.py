@@ -23,6 +23,7 @@ import contextlib
 import inspect
 import random
 import time
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import structlog
@@ -103,6 +104,14 @@ async def call_optional(sink: Any, method: str) -> None:
             await result
 
 
+def received_epoch(body: str) -> float | None:
+    received = load_json(body).get("received_at")
+    try:
+        return datetime.fromisoformat(received).timestamp() if isinstance(received, str) else None
+    except ValueError:
+        return None
+
+
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     """Exponential backoff with full jitter over the upper half: [d/2, d]."""
     delay = min(maximum, initial * 2 ** (attempt - 1))
@@ -129,6 +138,9 @@ class SinkWorker:
         self.delivered = metrics.sink_deliveries.labels(name, "delivered")
         self.retried = metrics.sink_deliveries.labels(name, "retry")
         self.backlog = metrics.sink_backlog.labels(name)
+        # When the oldest event this sink has not delivered was made durable; None: caught up.
+        self._pending_since: float | None = None
+        metrics.sink_oldest_pending.labels(name).set_function(self.oldest_pending_seconds)
         # What events waiting for a retry listen to: set and replaced on a recovery, a
         # reconfiguration and `stop()`; the counters tell which of them it was.
         self._changed = asyncio.Event()
@@ -149,6 +161,11 @@ class SinkWorker:
         # Here rather than only between batches: a batch held up by a failing target can
         # take hours, and the gauge must still show what piles up behind it.
         self._count_backlog()
+
+    def oldest_pending_seconds(self) -> float:
+        """`wahookd_sink_oldest_pending_seconds`, computed when scraped: 0 when caught up."""
+        since = self._pending_since
+        return 0.0 if since is None else max(0.0, time.time() - since)
 
     def _count_backlog(self) -> None:
         self.backlog.set(max(0, self.journal.last_dseq - self.cursor))
@@ -213,6 +230,7 @@ class SinkWorker:
                         break
                     continue
                 self._count_backlog()
+                self._pending_since = received_epoch(batch[0].body) if batch else None
                 if not batch:
                     if self._stopping.is_set():
                         break
