@@ -16,12 +16,12 @@ from wahookd.errors import ConfigError, PluginError
 from wahookd.plugins import collect, get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "plugins.md"
 
 
 def guide_blocks(language: str) -> list[str]:
-    """Code blocks of the README's "Writing a sink" section."""
-    section = README.read_text().split("## Writing a sink\n", 1)[1].split("\n## ", 1)[0]
+    """Code blocks of the plugin guide (docs/plugins.md)."""
+    section = GUIDE.read_text()
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
 
 
@@ -203,3 +203,28 @@ def test_every_builtin_sink_option_is_documented(module: str) -> None:
     ]
     assert missing == []
     assert all(field.description for field in spec.options.model_fields.values())
+
+
+def test_a_misspelled_hook_fails_loudly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "broken_plugin.py").write_text(
+        "from wahookd import hookimpl\n\n\n"
+        "@hookimpl\ndef wahookd_register_sink():  # the spec is wahookd_register_sinks\n    return []\n"
+    )
+    info = tmp_path / "broken_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[wahookd]\nbroken = broken_plugin\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "wahookd.cli", "plugins"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("wahookd: error: plugin 'broken'")
+    assert "wahookd_register_sink" in result.stderr
+    assert "Traceback" not in result.stderr

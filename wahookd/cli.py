@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the figures as JSON")
     command("plugins", "installed plugins and the sinks and providers they provide")
 
+    for name, text in (
+        ("pause", "hold a sink's delivery (events wait)"),
+        ("resume", "let a paused sink go on"),
+    ):
+        sub = command(name, f"{text}; the running daemon obeys within a second")
+        sub.add_argument("sink", help="the sink name in [sinks.<name>]")
+
     trace = command("trace", "everything known about one event: received, media, and per sink")
     trace.add_argument(
         "id", help="event id, its event_ref from the logs, a provider message id, or a phone/LID"
@@ -74,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--json", action="store_true", help="print it as JSON")
     trace.add_argument("--raw", action="store_true", help="include the provider's raw payload")
     trace.add_argument("--limit", type=int, default=10, help="most events shown for a contact (default 10)")
+
+    forget = command("forget", "erase a contact's events, dead letters, rejected bodies and media")
+    forget.add_argument("contact", help="phone number (digits; + and spaces allowed) or a …@lid address")
+    forget.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to let its media downloads finish (default 30)"
+    )
+    fsck = command("fsck", "check the journal: exit 0 when sound, 1 with one line per problem")
+    fsck.add_argument("--repair", action="store_true", help="fix what can be fixed without losing an event")
     return parser
 
 
@@ -93,6 +108,14 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from wahookd.trace import run_trace
 
         return run_trace
+    if command == "forget":
+        from wahookd.privacy import run_forget
+
+        return run_forget
+    if command == "fsck":
+        from wahookd.fsck import run_fsck
+
+        return run_fsck
     from wahookd import admin
 
     commands = {
@@ -100,6 +123,8 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         "status": admin.run_status,
         "plugins": admin.run_plugins,
         "reload": admin.run_reload,
+        "pause": admin.run_pause,
+        "resume": admin.run_resume,
     }
     return commands[command]
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from tornado.httpserver import HTTPServer
 
 from wahookd.app import make_app, make_metrics_app
-from wahookd.delivery import SinkWorker, build_sink, sink_context
+from wahookd.delivery import SinkWorker, build_sink, redaction_key, sink_context
 from wahookd.errors import ConfigError, WahookdError
 from wahookd.handlers import AppState, ScrapeCollector
 from wahookd.hookspecs import Sink
@@ -45,6 +45,7 @@ from wahookd.statelock import RELOAD_RESULT, StateLock, prepare_state_dir
 log = structlog.get_logger("wahookd.daemon")
 HOUSEKEEPING_SECONDS = 60.0
 DEAD_LETTER_SECONDS = 1.0
+PAUSE_SECONDS = 0.5
 READ_CHUNK_BYTES = 16 * 1024
 MAX_HEADER_READ = 128 * 1024
 LOG_FLUSH_SECONDS = 0.25
@@ -224,8 +225,10 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
     except (OSError, sqlite3.Error) as exc:
         raise WahookdError(f"cannot open the journal {journal.path}: {exc}") from exc
     tables = settings.effective_sinks()
+    redact_key = redaction_key(settings.state.dir)
     workers = {
-        name: SinkWorker(name, tables[name], sink, journal, metrics) for name, sink in prepared.sinks.items()
+        name: SinkWorker(name, tables[name], sink, journal, metrics, redact_key=redact_key)
+        for name, sink in prepared.sinks.items()
     }
     for worker in workers.values():
         await worker.prepare()
@@ -238,9 +241,7 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
         providers=prepared.registry.providers,
         journal=journal,
         metrics=metrics,
-        limiter=RateLimiter(
-            settings.ratelimit.rate, settings.ratelimit.burst, settings.ratelimit.max_clients
-        ),
+        limiter=RateLimiter.from_settings(settings.ratelimit, metrics.ratelimit_fallback),
         rejected=RejectedStore(settings.state.dir / "rejected"),
     )
     metrics.registry.register(ScrapeCollector(state))
@@ -285,6 +286,7 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
     tasks.start(housekeeping(journal, settings, metrics, list(tables)), "housekeeping")
     tasks.start(flush_logs_often(), "flush-logs")
     tasks.start(follow_dead_letters(journal, metrics, list(tables)), "dead-letters")
+    tasks.start(follow_pauses(journal, workers), "pauses")
     interval = watchdog_interval()
     if interval is not None:
         tasks.start(watchdog(journal, interval), "watchdog")
@@ -482,7 +484,7 @@ class Reloader:
     def apply(self, settings: Settings, prepared: Prepared) -> None:
         state = self.state
         limits = settings.ratelimit
-        state.limiter.reconfigure(limits.rate, limits.burst, limits.max_clients)
+        state.limiter.reconfigure(limits)
         state.trusted_peer = TrustCache(settings.server.trusted_proxies)
         state.providers = prepared.registry.providers
         state.settings = settings  # one assignment: a request sees the old or the new
@@ -556,6 +558,20 @@ async def follow_dead_letters(journal: Journal, metrics: Any, sinks: list[str]) 
             await refresh_dead_letters(journal, metrics, sinks)
         except WahookdError as exc:
             log.warning("dead_letter_count_failed", error=str(exc))
+
+
+async def follow_pauses(journal: Journal, workers: dict[str, SinkWorker]) -> None:
+    """`wahookd pause SINK` / `resume SINK` write the journal's `pauses` table from another
+    process; the daemon obeys within `PAUSE_SECONDS`."""
+    while True:
+        try:
+            paused = await journal.paused_sinks()
+        except WahookdError as exc:
+            log.warning("pause_read_failed", error=str(exc))
+        else:
+            for name, worker in workers.items():
+                worker.set_operator_pause(name in paused)
+        await asyncio.sleep(PAUSE_SECONDS)
 
 
 async def housekeeping(journal: Journal, settings: Settings, metrics: Any, sinks: list[str]) -> None:

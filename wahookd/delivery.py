@@ -1,63 +1,76 @@
 """Delivery: one worker per sink, each with its own position in the journal.
 
-A worker reads ready events after its cursor, delivers the ones its filter matches, retries
-a failing event with exponential backoff and jitter (or the target's `Retry-After`), and
-dead-letters it after `max_attempts` tries or `max_age` seconds. It then lets the sink
-`flush()` and records the new cursor, so a restart resumes after the last event the sink
-made durable: delivery is at least once, and sinks that upsert by `id` see each event once.
-Workers share nothing, so one stuck sink never delays another.
+A worker reads ready events after its position, delivers the ones its filter matches with
+up to `concurrency` in flight, retries a failing event with exponential backoff and jitter
+(or the target's `Retry-After`), and dead-letters it after `max_attempts` tries or
+`max_age` seconds. Its position (the cursor) only passes events that are settled, all of
+them up to it, and only after the sink's `flush()`: a restart resumes after the last event
+the sink made durable, so delivery is at least once, and sinks that upsert by `id` see each
+event once. Workers share nothing, so one stuck sink never delays another; within a sink a
+retrying event holds back only itself (`ordering = "none"`) or its own chat
+(`ordering = "chat"`), up to `WINDOW` events past the cursor.
+
+`ordering = "chat"`: the events of one `chat_id` (events without one: one lane per source)
+go one at a time, in journal order. After a crash, the events after the cursor are
+delivered again in journal order, so each chat still sees its events in order.
 
 A target that is down is not left alone for the whole backoff: while an event waits longer
 than `PROBE_SECONDS` and the sink's last attempt failed, it is tried again every
 `PROBE_SECONDS` (one such probe per sink at a time, not counted against `max_attempts`, and
 never before a `Retry-After`). The first success after `PROBE_SECONDS` or more of nothing but
 failures wakes every event that waits for a retry, so the backlog goes out at once when the
-target comes back. The `wahookd_sink_backlog` gauge moves with every commit, also while a
-sink is retrying.
+target comes back.
+
+`pause_after = N`: N consecutive failed attempts open the circuit: the sink is paused, one
+probe goes out every `backoff_max`, and the first success closes it. While paused nothing is
+dead-lettered for `max_attempts` or `max_age`: the events wait in the journal. An operator's
+`wahookd pause` holds every attempt, probes included, until `wahookd resume`.
+
+`rate`: attempts (first tries and retries alike) are spaced `1/rate` seconds apart.
+`redact`: the listed fields are removed (null) or, for contact fields, replaced by a keyed
+hash stable for this sink, before the sink sees the event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import hashlib
+import hmac
+import os
 import random
+import secrets
 import time
+from collections import deque
 from datetime import datetime
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
-from wahookd.errors import (
-    ConfigError,
-    DeliveryError,
-    JournalError,
-    PermanentDeliveryError,
-    WahookdError,
-)
+from wahookd.errors import ConfigError, JournalError, WahookdError
 from wahookd.events import event_ref, load_json
 from wahookd.hookspecs import Sink, SinkContext
 from wahookd.journal import Journal, ReadyEvent
+from wahookd.lifecycle import Failure, SinkHandle
 from wahookd.metrics import Metrics
 from wahookd.plugins import Registry
-from wahookd.settings import Settings, SinkSettings, describe_errors
+from wahookd.settings import REDACT_HASH, REDACT_NULL, Settings, SinkSettings, describe_errors
 
 BATCH = 500
+# How far past its cursor a sink may deliver while the event at the cursor is retrying: the
+# settled events above it are remembered in memory until the cursor can pass them.
+WINDOW = 10_000
+# How often a busy sink flushes and records its position (an idle one does it at once).
+SAVE_SECONDS = 0.2
 # The longest a down target goes untried while events wait for it: one request per sink this
 # often is no load on anyone, and a target that comes back is found within it. A success
 # after this long of nothing but failures means the target is back, and wakes every waiting
 # event; after a shorter run it may be a good event beside bad ones, whose retries it must not
 # hurry (they would burn through their attempts).
 PROBE_SECONDS = 2.0
-
-
-class Failure(NamedTuple):
-    """Why one try of a delivery failed."""
-
-    error: str
-    retry_after: float | None = None  # the target's Retry-After, in seconds
-    permanent: bool = False  # retrying cannot help: dead-letter now
+REDACT_KEY_FILE = "redact.key"
 
 
 def build_sink(
@@ -95,17 +108,12 @@ def sink_context(name: str, settings: Settings) -> SinkContext:
     )
 
 
-async def call_optional(sink: Any, method: str) -> None:
-    """Await `sink.<method>()` when the sink defines it."""
-    function = getattr(sink, method, None)
-    if function is not None:
-        result = function()
-        if inspect.isawaitable(result):
-            await result
-
-
 def received_epoch(body: str) -> float | None:
-    received = load_json(body).get("received_at")
+    return received_at(load_json(body))
+
+
+def received_at(event: dict[str, Any]) -> float | None:
+    received = event.get("received_at")
     try:
         return datetime.fromisoformat(received).timestamp() if isinstance(received, str) else None
     except ValueError:
@@ -118,18 +126,74 @@ def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     return delay / 2 + random.random() * delay / 2  # noqa: S311 - jitter, not crypto
 
 
+# -- redaction ------------------------------------------------------------------------
+
+
+def redaction_key(state_dir: Path) -> bytes:
+    """This installation's secret for `redact` hashes, made once (0600 in the state dir):
+    without it a hash of a phone number is a lookup away from the number."""
+    path = state_dir / REDACT_KEY_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(key.hex())
+        return bytes.fromhex(path.read_text().strip())
+
+
+class Redactor:
+    """`redact` for one sink: null for content fields, a keyed hash for contact fields, the
+    key derived per sink so two sinks' hashes of one number differ but each can join."""
+
+    def __init__(self, install_key: bytes, sink: str, fields: list[str]) -> None:
+        self.key = hmac.new(install_key, sink.encode(), hashlib.sha256).digest()
+        self.null = [field for field in fields if field in REDACT_NULL]
+        self.hashed = [field for field in fields if field in REDACT_HASH]
+
+    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
+        event = dict(event)
+        for field in self.null:
+            event[field] = None
+        for field in self.hashed:
+            value = event.get(field)
+            if isinstance(value, str) and value:
+                digest = hmac.new(self.key, value.encode(), hashlib.sha256).hexdigest()[:32]
+                event[field] = f"redacted:{digest}"
+        return event
+
+
+# -- the worker -----------------------------------------------------------------------
+
+
 class SinkWorker:
     """Delivers the journal to one sink."""
 
     def __init__(
-        self, name: str, table: SinkSettings, sink: Sink, journal: Journal, metrics: Metrics
+        self,
+        name: str,
+        table: SinkSettings,
+        sink: Sink | SinkHandle,
+        journal: Journal,
+        metrics: Metrics,
+        *,
+        redact_key: bytes = b"",
     ) -> None:
         self.name = name
         self.table = table
-        self.sink = sink
+        self.log = structlog.get_logger("wahookd.delivery").bind(sink=name)
+        self.handle = (
+            sink
+            if isinstance(sink, SinkHandle)
+            else SinkHandle(name, sink, errors=metrics.sink_errors, log=self.log)
+        )
+        self.sink = self.handle.sink
         self.journal = journal
         self.metrics = metrics
-        self.log = structlog.get_logger("wahookd.delivery").bind(sink=name)
+        self.redact_key = redact_key
+        self.redactor = Redactor(redact_key, name, table.redact) if table.redact else None
         self.cursor = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -138,17 +202,30 @@ class SinkWorker:
         self.delivered = metrics.sink_deliveries.labels(name, "delivered")
         self.retried = metrics.sink_deliveries.labels(name, "retry")
         self.backlog = metrics.sink_backlog.labels(name)
+        self.paused_gauge = metrics.sink_paused.labels(name)
         # When the oldest event this sink has not delivered was made durable; None: caught up.
         self._pending_since: float | None = None
         metrics.sink_oldest_pending.labels(name).set_function(self.oldest_pending_seconds)
-        # What events waiting for a retry listen to: set and replaced on a recovery, a
-        # reconfiguration and `stop()`; the counters tell which of them it was.
+        # What events waiting (for a retry, a pause, a lane) listen to: set and replaced on a
+        # recovery, a reconfiguration, a pause or resume, and `stop()`.
         self._changed = asyncio.Event()
         self._recoveries = 0
         self._generation = 0
         self._failing_since: float | None = None  # the sink's attempts all failed since then
         self._probe_after = 0.0  # monotonic time before which no probe goes out
         self._probing = False
+        self._consecutive_failures = 0
+        self.circuit_open = False  # pause_after tripped
+        self.operator_paused = False  # `wahookd pause`
+        self._next_slot = 0.0  # `rate`: monotonic time of the next allowed attempt
+        self._attempts_running = 0
+        self._no_attempts = asyncio.Event()
+        self._no_attempts.set()
+        self._flushing = False
+
+    @property
+    def paused(self) -> bool:
+        return self.circuit_open or self.operator_paused
 
     async def prepare(self) -> None:
         """Load the sink's position (before the daemon starts listening)."""
@@ -171,13 +248,37 @@ class SinkWorker:
         self.backlog.set(max(0, self.journal.last_dseq - self.cursor))
 
     def reconfigure(self, table: SinkSettings) -> None:
-        """Apply a reloaded table: filters and retry settings decide what follows, events
-        waiting for a retry included (a shorter `backoff_max` shortens their wait, an event the
-        new filters leave out is not tried again); `concurrency` applies from the next batch.
-        The plugin's own options are not re-read: changing those needs a new sink."""
+        """Apply a reloaded table: filters, retry settings, ordering, rate, pause_after and
+        redact decide what follows, events waiting for a retry included (a shorter
+        `backoff_max` shortens their wait, an event the new filters leave out is not tried
+        again). The plugin's own options are not re-read: changing those needs a new sink."""
         self.table = table
+        self.redactor = Redactor(self.redact_key, self.name, table.redact) if table.redact else None
+        if self.circuit_open and not table.pause_after:
+            self._set_circuit(False)
         self._generation += 1
         self._signal()
+
+    def set_operator_pause(self, paused: bool) -> None:
+        if paused == self.operator_paused:
+            return
+        self.operator_paused = paused
+        self.log.warning("sink_paused" if paused else "sink_resumed", by="operator")
+        self._show_pause()
+        self._signal()
+
+    def _set_circuit(self, open_: bool) -> None:
+        if open_ == self.circuit_open:
+            return
+        self.circuit_open = open_
+        if open_:
+            self.log.warning("sink_paused", by="circuit", consecutive_failures=self._consecutive_failures)
+        else:
+            self.log.warning("sink_resumed", by="circuit")
+        self._show_pause()
+
+    def _show_pause(self) -> None:
+        self.paused_gauge.set(1 if self.paused else 0)
 
     async def _start(self) -> bool:
         """Start the sink, retrying while its target is down; False if stopped first.
@@ -188,20 +289,15 @@ class SinkWorker:
         attempt = 0
         while True:
             attempt += 1
-            try:
-                await call_optional(self.sink, "start")
-            except Exception as exc:  # the sink boundary
-                delay = backoff_delay(attempt, self.table.backoff_initial, self.table.backoff_max)
-                self.log.error(
-                    "sink_start_failed",
-                    attempt=attempt,
-                    retry_in=round(delay, 3),
-                    error=str(exc) or type(exc).__name__,
-                )
-                if await self._sleep_or_stop(delay):
-                    return False
-                continue
-            return True
+            failure = await self.handle.start()
+            if failure is None:
+                return True
+            delay = backoff_delay(attempt, self.table.backoff_initial, self.table.backoff_max)
+            self.log.error(
+                "sink_start_failed", attempt=attempt, retry_in=round(delay, 3), error=failure.error
+            )
+            if await self._sleep_or_stop(delay):
+                return False
 
     def wake(self) -> None:
         self._wake.set()
@@ -214,69 +310,193 @@ class SinkWorker:
     def _signal(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        self._wake.set()  # the scheduler looks again too (a resume, a reload)
+
+    # -- the scheduler ----------------------------------------------------------------
 
     async def run(self) -> None:
         """Deliver until stopped; after `stop()`, finish what is ready (no retry waits), then exit."""
         if not await self._start():
             return
         try:
-            while True:
-                self._wake.clear()
+            await self._schedule()
+        finally:
+            await self.handle.close()
+
+    async def _schedule(self) -> None:
+        while self.table.concurrency == 1 and self.table.ordering == "none":
+            if not await self._in_order():
+                return
+        await self._in_lanes()  # a reload may have asked for lanes meanwhile
+
+    async def _in_order(self) -> bool:
+        """One event at a time, in journal order: the default, without a task per event.
+        False when stopped; True when a reload asked for concurrency or chat ordering."""
+        while True:
+            self._wake.clear()
+            try:
+                batch = await self.journal.read_ready(self.cursor, BATCH)
+            except JournalError as exc:
+                self.log.error("journal_read_failed", error=str(exc))
+                if await self._sleep_or_stop(1.0):
+                    return False
+                continue
+            self._count_backlog()
+            self._pending_since = received_epoch(batch[0].body) if batch else None
+            if not batch:
+                if self._stopping.is_set():
+                    return False
+                self.idle.set()
+                await self._wake.wait()
+                continue
+            self.idle.clear()
+            done = self.cursor
+            for ready in batch:
+                if not await self._deliver(ready, load_json(ready.body)):
+                    break
+                done = ready.dseq
+            if done > self.cursor and not await self._save(done):
+                if await self._sleep_or_stop(1.0):
+                    return False
+                continue
+            if done < batch[-1].dseq:  # stopped while an event waited for a retry
+                return False
+            if self.table.concurrency != 1 or self.table.ordering != "none":
+                return True
+
+    async def _in_lanes(self) -> None:
+        """Up to `concurrency` events in flight; with `ordering = "chat"` one per chat, in
+        journal order. The cursor passes the settled events at the head of the journal order;
+        settled events above an unsettled one wait in memory, at most `WINDOW` of them."""
+        order: deque[tuple[int, float | None]] = deque()  # (dseq, received) past the cursor
+        settled: set[int] = set()
+        waiting: dict[Any, deque[tuple[ReadyEvent, dict[str, Any]]]] = {}  # lane -> its events
+        runnable: deque[Any] = deque()  # lanes with waiting events and none in flight
+        busy: set[Any] = set()  # lanes with an event in flight (chat ordering)
+        tasks: dict[asyncio.Task[bool], tuple[Any, ReadyEvent, dict[str, Any]]] = {}
+        read_to = position = self.cursor
+        last_save = time.monotonic()
+
+        def enqueue(lane: Any, ready: ReadyEvent, event: dict[str, Any], *, first: bool = False) -> None:
+            lane_events = waiting.setdefault(lane, deque())
+            if first:
+                lane_events.appendleft((ready, event))
+            else:
+                lane_events.append((ready, event))
+            if len(lane_events) == 1 and lane not in busy:
+                runnable.append(lane)
+
+        while True:
+            self._wake.clear()
+            if len(order) < WINDOW and not self._stopping.is_set():
                 try:
-                    batch = await self.journal.read_ready(self.cursor, BATCH)
+                    batch = await self.journal.read_ready(read_to, min(BATCH, WINDOW - len(order)))
                 except JournalError as exc:
                     self.log.error("journal_read_failed", error=str(exc))
                     if await self._sleep_or_stop(1.0):
                         break
                     continue
-                self._count_backlog()
-                self._pending_since = received_epoch(batch[0].body) if batch else None
-                if not batch:
-                    if self._stopping.is_set():
-                        break
-                    self.idle.set()
-                    await self._wake.wait()
-                    continue
-                self.idle.clear()
-                try:
-                    done = await self._deliver_batch(batch)
-                    if done > self.cursor:
-                        await call_optional(self.sink, "flush")
-                        await self.journal.save_cursor(self.name, done)
-                        self.cursor = done
-                        self._count_backlog()
-                except Exception as exc:  # flush or the journal failed: retry the batch later
-                    self.log.error("sink_batch_failed", error=str(exc) or type(exc).__name__)
+                for ready in batch:
+                    read_to = ready.dseq
+                    event = load_json(ready.body)
+                    order.append((ready.dseq, received_at(event)))
+                    if self.table.matches(event):
+                        enqueue(self._lane(event), ready, event)
+                    else:
+                        settled.add(ready.dseq)
+            while runnable and len(tasks) < self.table.concurrency and not self.operator_paused:
+                lane = runnable.popleft()
+                lane_events = waiting[lane]
+                ready, event = lane_events.popleft()
+                if not lane_events:
+                    del waiting[lane]
+                if self.table.ordering == "chat":
+                    busy.add(lane)  # its next event waits for this one
+                elif lane in waiting:
+                    runnable.appendleft(lane)
+                task = asyncio.get_running_loop().create_task(
+                    self._deliver(ready, event), name=f"deliver:{self.name}"
+                )
+                task.add_done_callback(lambda _: self._wake.set())
+                tasks[task] = (lane, ready, event)
+            for task in [task for task in tasks if task.done()]:
+                lane, ready, event = tasks.pop(task)
+                busy.discard(lane)
+                if not task.cancelled() and task.exception() is None and task.result():
+                    settled.add(ready.dseq)
+                    if lane in waiting and lane not in runnable:
+                        runnable.append(lane)
+                else:  # stopping mid-retry (or a bug, logged by the task): it goes again later
+                    if not task.cancelled() and task.exception() is not None:
+                        self.log.error("sink_task_failed", error=repr(task.exception()))
+                    enqueue(lane, ready, event, first=True)
+            while order and order[0][0] in settled:
+                settled.discard(order[0][0])
+                position = order.popleft()[0]
+            self._pending_since = order[0][1] if order else None
+            self._count_backlog()
+            idle = not order and not tasks
+            if position > self.cursor and (
+                idle or self._stopping.is_set() or time.monotonic() - last_save >= SAVE_SECONDS
+            ):
+                if not await self._save(position):
                     if await self._sleep_or_stop(1.0):
                         break
                     continue
-                if done < batch[-1].dseq:  # stopped while an event waited for a retry
-                    break
+                last_save = time.monotonic()
+            if self._stopping.is_set() and not tasks:
+                break  # what is still waiting goes after the next start
+            if idle:
+                self.idle.set()
+            else:
+                self.idle.clear()
+            if self._wake.is_set():
+                continue
+            # Sleep until a delivery settles, new events arrive, a pause or reload changes
+            # something (all set `_wake`), or it is time to record the position.
+            timeout = SAVE_SECONDS if position > self.cursor else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if position > self.cursor:
+            await self._save(position)
+
+    def _lane(self, event: dict[str, Any]) -> Any:
+        if self.table.ordering != "chat":
+            return None  # one lane: `concurrency` alone limits
+        chat = event.get("chat_id")
+        return ("chat", event.get("source"), chat) if chat else ("source", event.get("source"))
+
+    async def _save(self, dseq: int) -> bool:
+        """Flush the sink, then record its position; False when either failed (retried)."""
+        if dseq <= self.cursor:
+            return True
+        self._flushing = True
+        try:
+            await self._no_attempts.wait()  # a flush never runs beside a deliver() call
+            failure = await self.handle.flush()
         finally:
-            await call_optional(self.sink, "close")
+            self._flushing = False
+            self._signal()
+        if failure is not None:
+            self.log.error("sink_batch_failed", error=failure.error)
+            return False
+        try:
+            await self.journal.save_cursor(self.name, dseq)
+        except JournalError as exc:
+            self.log.error("sink_batch_failed", error=str(exc))
+            return False
+        self.cursor = dseq
+        self._count_backlog()
+        return True
 
-    async def _deliver_batch(self, batch: list[ReadyEvent]) -> int:
-        """Deliver a batch; returns the dseq up to which every event is settled."""
-        done = self.cursor
-        window = self.table.concurrency
-        if window == 1:  # in order, without a task per event
-            for ready in batch:
-                if not await self._deliver(ready):
-                    return done
-                done = ready.dseq
-            return done
-        for start in range(0, len(batch), window):
-            part = batch[start : start + window]
-            settled = await asyncio.gather(*(self._deliver(ready) for ready in part))
-            for ready, ok in zip(part, settled, strict=True):
-                if not ok:  # stopping mid-retry: keep the rest for after the restart
-                    return done
-                done = ready.dseq
-        return done
+    # -- one event --------------------------------------------------------------------
 
-    async def _deliver(self, ready: ReadyEvent) -> bool:
+    async def _deliver(self, ready: ReadyEvent, event: dict[str, Any]) -> bool:
         """Deliver one event until it succeeds or is dead-lettered; False if stopped first."""
-        event = load_json(ready.body)
         if not self.table.matches(event):
             return True
         first_try = time.monotonic()
@@ -285,6 +505,8 @@ class SinkWorker:
         probe = False
         recorded = False  # a `retries` row exists for `trace`
         while True:
+            if not await self._may_attempt(probe):
+                return False
             attempt += not probe
             failure = await self._attempt(event, probe)
             if failure is None:
@@ -294,11 +516,8 @@ class SinkWorker:
             error, retry_after = failure.error, failure.retry_after
             table = self.table  # reloaded settings decide what follows
             now = time.monotonic()
-            if (
-                failure.permanent
-                or (not probe and attempt >= table.max_attempts)
-                or now - first_try >= table.max_age
-            ):
+            exhausted = (not probe and attempt >= table.max_attempts) or now - first_try >= table.max_age
+            if failure.permanent or (exhausted and not self.paused):
                 await self._dead_letter(ready, event, attempt, error)
                 if recorded:
                     await self._note_retry(event, None)
@@ -331,6 +550,24 @@ class SinkWorker:
                 return True
             probe = outcome == "probe"
 
+    async def _may_attempt(self, probe: bool) -> bool:
+        """Wait while the operator has paused the sink or it flushes, then for this attempt's
+        `rate` slot; False when stopping meanwhile."""
+        while self.operator_paused or self._flushing:
+            if self._stopping.is_set():
+                return False
+            await self._changed.wait()
+        if self._stopping.is_set() and probe:
+            return False
+        rate = self.table.rate
+        if rate:
+            now = time.monotonic()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / rate
+            if slot > now:
+                await asyncio.sleep(slot - now)
+        return True
+
     async def _note_retry(self, event: dict[str, Any], retry: tuple[int, float, str] | None) -> None:
         """Keep the journal's `retries` row (what `wahookd trace` shows) in step; it is only
         information, so a journal that cannot take it does not hold the delivery up."""
@@ -348,25 +585,43 @@ class SinkWorker:
     async def _attempt(self, event: dict[str, Any], probe: bool) -> Failure | None:
         """One try of `sink.deliver`; None when delivered."""
         started = time.perf_counter()
+        if self.redactor is not None:
+            event = self.redactor(event)
+        self._attempts_running += 1
+        self._no_attempts.clear()
         try:
-            await self.sink.deliver(event)
-        except PermanentDeliveryError as exc:
-            return Failure(str(exc) or type(exc).__name__, permanent=True)
-        except Exception as exc:  # the sink boundary: any failure means "retry later"
-            now = time.monotonic()
-            if self._failing_since is None:
-                self._failing_since = now
-            self._probe_after = max(self._probe_after, now + PROBE_SECONDS)
-            self.retried.inc()
-            retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
-            return Failure(str(exc) or type(exc).__name__, retry_after)
+            failure = await self.handle.deliver(event)
         finally:
+            self._attempts_running -= 1
+            if not self._attempts_running:
+                self._no_attempts.set()
             self.seconds.observe(time.perf_counter() - started)
             if probe:
                 self._probing = False
+        if failure is not None:
+            if failure.permanent:
+                return failure
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+            self._consecutive_failures += 1
+            pause_after = self.table.pause_after
+            if pause_after and self._consecutive_failures >= pause_after:
+                self._set_circuit(True)
+            # A paused sink probes once per backoff_max; a failing one every PROBE_SECONDS.
+            interval = self.table.backoff_max if self.circuit_open else PROBE_SECONDS
+            self._probe_after = max(self._probe_after, now + interval)
+            self.retried.inc()
+            if probe:
+                self._probing = False
+                self._signal()  # the waiting events look again: the next probe is theirs
+            return failure
         self.delivered.inc()
+        self._consecutive_failures = 0
+        was_open = self.circuit_open
+        self._set_circuit(False)
         since, self._failing_since = self._failing_since, None
-        if since is not None and time.monotonic() - since >= PROBE_SECONDS:
+        if was_open or (since is not None and time.monotonic() - since >= PROBE_SECONDS):
             self._recoveries += 1  # the target is back: every waiting event goes now
             self._signal()
         return None
@@ -374,21 +629,24 @@ class SinkWorker:
     async def _wait_to_retry(self, event: dict[str, Any], failed_at: float, retry_at: float) -> str | None:
         """Wait for the event's next try: "retry" (its time came, or the target is back),
         "probe" (it is this sink's turn to probe the target), "dropped" (a reload's filters
-        leave it out) or None (stopping)."""
+        leave it out) or None (stopping). While the circuit is open only probes go out."""
         while True:
             if self._stopping.is_set():
                 return None
             now = time.monotonic()
-            if now >= retry_at:
+            if now >= retry_at and not self.circuit_open:
                 return "retry"
-            may_probe = not self._probing and self._failing_since is not None
+            may_probe = not self._probing and self._failing_since is not None and not self.operator_paused
             if may_probe and now >= self._probe_after:
                 self._probing = True  # until this probe's `_attempt` ends
                 return "probe"
-            wake_at = min(retry_at, self._probe_after) if may_probe else retry_at
+            if self.circuit_open:  # only probes; a probe in flight signals when it ends
+                wake_at = self._probe_after if may_probe else now + self.table.backoff_max
+            else:
+                wake_at = min(retry_at, self._probe_after) if may_probe else retry_at
             changed, recoveries, generation = self._changed, self._recoveries, self._generation
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=wake_at - now)
+                await asyncio.wait_for(changed.wait(), timeout=max(0.0, wake_at - now))
             if self._recoveries != recoveries:
                 return "retry"
             if self._generation != generation:

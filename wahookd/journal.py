@@ -94,6 +94,12 @@ CREATE TABLE IF NOT EXISTS retries (
 -- Sinks an operator paused (`wahookd pause`): the daemon follows this table.
 CREATE TABLE IF NOT EXISTS pauses (sink TEXT PRIMARY KEY, paused_at REAL NOT NULL);
 """
+# `wahookd forget` may run against a journal an older wahookd made: it adds this itself.
+ERASED_SCHEMA = """
+-- Delivery positions whose events `wahookd forget` erased before every sink had passed
+-- them: `wahookd fsck` tells these holes from events lost to a torn disk.
+CREATE TABLE IF NOT EXISTS erased (dseq INTEGER PRIMARY KEY);
+"""
 MAX_JOBS_PER_COMMIT = 512
 MAX_ROWS_PER_STATEMENT = 256
 # Ready events kept in memory for sinks that are caught up, within a byte budget: 300
@@ -115,6 +121,7 @@ WAL_CHECKPOINT_BUSY_MS = 100
 WAL_RETRY_SECONDS = 1.0
 BUSY_TIMEOUT_MS = 5000
 JOURNAL_FILE = "journal.db"
+FORGET_EVENT = "privacy.forget"  # the system event `wahookd forget` journals
 PAGE_BYTES = 8192
 
 
@@ -185,6 +192,33 @@ def _rows_per_statement(conn: sqlite3.Connection, width: int) -> int:
     return 1 << (fits.bit_length() - 1)
 
 
+DSEQ_HIGH = "dseq_high"  # meta key: the highest position whose event was deleted
+
+
+def high_water(conn: sqlite3.Connection) -> int:
+    """The journal's end: the last delivery position handed out, also when pruning or
+    `forget` deleted the events that had it."""
+    row = conn.execute(
+        "SELECT max(coalesce((SELECT max(dseq) FROM events), 0), "
+        "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0))",
+        (DSEQ_HIGH,),
+    ).fetchone()
+    return int(row[0])
+
+
+def max_cursor(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(dseq), 0) FROM cursors").fetchone()[0])
+
+
+def raise_high_water(conn: sqlite3.Connection, dseq: int) -> None:
+    """Remember that positions up to `dseq` were handed out (before deleting their events)."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+        "value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+        (DSEQ_HIGH, str(dseq)),
+    )
+
+
 class Journal:
     """The journal of one state directory. Open it, `commit` events, read them back in order."""
 
@@ -238,13 +272,16 @@ class Journal:
         """Create or check the schema and start the writer thread (blocking; before serving)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path, durable=self.durable, cache_kib=4096)
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA + ERASED_SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         elif row[0] != SCHEMA_VERSION:
             raise JournalError(f"{self.path}: schema version {row[0]}, expected {SCHEMA_VERSION}")
-        self.last_dseq = conn.execute("SELECT coalesce(max(dseq), 0) FROM events").fetchone()[0]
+        # Never below a position already handed out: pruning (or `forget`) may have deleted
+        # the last events, and a new event numbered at or below a sink's cursor would be
+        # skipped by that sink for good.
+        self.last_dseq = max(high_water(conn), max_cursor(conn))
         self._used = conn.execute("SELECT coalesce(max(used), 0) FROM dedupe").fetchone()[0]
         self.dedupe_entries = conn.execute("SELECT count(*) FROM dedupe").fetchone()[0]
         # Checkpoints copy the WAL into the database file. Left to SQLite they run inside
@@ -619,6 +656,11 @@ class Journal:
                 self.last_dseq -= 1
 
         await self._submit(work)
+        if event.get("kind") == "system" and event.get("event") == FORGET_EVENT:
+            # `wahookd forget` (another process) erased events: none of them may still be
+            # handed to a sink from memory. Reads after this come from the database.
+            self._recent.clear()
+            self.recent_bytes = 0
 
     # -- delivery ----------------------------------------------------------------
 
@@ -732,6 +774,11 @@ class Journal:
                 "AND received_at < ? ORDER BY dseq LIMIT ?)",
                 (row[0], older_than, limit),
             ).rowcount
+            if deleted:
+                # Every sink passed `row[0]`: that far, positions were handed out, and the
+                # holes `forget` left below it need no explaining any more.
+                raise_high_water(conn, row[0])
+                conn.execute("DELETE FROM erased WHERE dseq <= ?", (row[0],))
             # Delivery times of events that are gone, except each sink's latest.
             conn.execute(
                 "DELETE FROM deliveries WHERE at < ? AND dseq < (SELECT max(d.dseq) FROM deliveries d "
@@ -872,3 +919,329 @@ class JournalReader:
             None if dead is None else (int(dead[0]), str(dead[1]), float(dead[2])),
             paused,
         )
+
+    def cursors(self) -> dict[str, int]:
+        """Each sink's position."""
+        return {str(sink): int(dseq) for sink, dseq in self.conn.execute("SELECT sink, dseq FROM cursors")}
+
+    def end(self) -> int:
+        """The last delivery position handed out (`high_water`)."""
+        return high_water(self.conn)
+
+
+def set_pause(conn: sqlite3.Connection, sink: str, paused: bool) -> bool:
+    """`wahookd pause`/`resume`, from the CLI's own connection; True when it changed."""
+    conn.execute("CREATE TABLE IF NOT EXISTS pauses (sink TEXT PRIMARY KEY, paused_at REAL NOT NULL)")
+    if paused:
+        changed = conn.execute(
+            "INSERT OR IGNORE INTO pauses (sink, paused_at) VALUES (?, ?)", (sink, time.time())
+        ).rowcount
+    else:
+        changed = conn.execute("DELETE FROM pauses WHERE sink = ?", (sink,)).rowcount
+    return bool(changed)
+
+
+def paused_sinks(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT sink FROM pauses")}
+
+
+def contact_clause(addresses: int) -> str:
+    """Events (or dead letters) one of whose contact fields is one of `addresses` `?`s
+    (given once per field). Never NULL, so that NOT of it is exact; a body that is not JSON
+    (a torn disk) matches nothing instead of failing the whole statement."""
+    marks = ",".join("?" * addresses)
+    fields = " OR ".join(
+        f"coalesce(json_extract(body, '$.\"{field}\"') IN ({marks}), 0)" for field in CONTACT_FIELDS
+    )
+    return f"(CASE WHEN json_valid(body) THEN ({fields}) ELSE 0 END)"
+
+
+MAINTENANCE_CHUNK = 200  # ids per IN (...) list: well within SQLite's parameter limit
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRows:
+    """A contact's events and dead letters, as one scan found them."""
+
+    events: list[StoredEvent]
+    dead_letters: list[tuple[int, dict[str, Any]]]  # dead letter id, the event
+    scanned_seq: int  # events up to this seq were scanned; later ones come in `erase_contact`
+    scanned_dead: int
+
+
+@dataclass(slots=True)
+class Erasure:
+    """What `JournalMaintenance.erase_contact` deleted."""
+
+    events: list[dict[str, Any]]
+    dead_letters: list[dict[str, Any]]
+    retries: int
+    forget_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingRow:
+    """An event with no delivery position (waiting for its media)."""
+
+    seq: int
+    event_id: str
+    received_at: float
+    body: str
+
+
+class JournalMaintenance(JournalReader):
+    """What the CLI changes in the journal: `forget` beside a running daemon (a second
+    writer: each change is one short `BEGIN IMMEDIATE` transaction, which the daemon's
+    writer waits for under its busy timeout) and `fsck --repair` with the daemon stopped.
+    The one owner of that SQL; the connection is the caller's, opened for writing."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn)
+        conn.executescript(ERASED_SCHEMA)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Any:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- forget ----------------------------------------------------------------
+
+    def contact_rows(
+        self, addresses: tuple[str, ...], after_seq: int = 0, after_dead: int = 0
+    ) -> ContactRows:
+        """The events (seq > `after_seq`) and dead letters (id > `after_dead`) of a contact,
+        which any of `addresses` names (its phone digits, its JIDs, or its LID).
+
+        Outside a transaction this is a plain read, however long the journal: the daemon
+        goes on committing meanwhile, and `erase_contact` rescans only what came after."""
+        params = addresses * len(CONTACT_FIELDS)
+        clause = contact_clause(len(addresses))
+        scanned_seq = int(self.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        scanned_dead = int(self.conn.execute("SELECT coalesce(max(id), 0) FROM dead_letters").fetchone()[0])
+        rows = self.conn.execute(
+            "SELECT seq, dseq, received_at, body FROM events "  # noqa: S608 - fixed clause
+            f"WHERE seq > ? AND seq <= ? AND {clause} ORDER BY seq",
+            (after_seq, max(scanned_seq, after_seq), *params),
+        ).fetchall()
+        dead = self.conn.execute(
+            f"SELECT id, body FROM dead_letters WHERE id > ? AND id <= ? AND {clause} ORDER BY id",  # noqa: S608 - fixed clause
+            (after_dead, max(scanned_dead, after_dead), *params),
+        ).fetchall()
+        return ContactRows(
+            [StoredEvent(seq, dseq, received, load_json(body)) for seq, dseq, received, body in rows],
+            [(int(dead_id), load_json(body)) for dead_id, body in dead],
+            max(scanned_seq, after_seq),
+            max(scanned_dead, after_dead),
+        )
+
+    def waiting_seqs(self, seqs: Iterable[int]) -> set[int]:
+        """Which of `seqs` still have no delivery position."""
+        waiting: set[int] = set()
+        wanted = list(seqs)
+        for start in range(0, len(wanted), MAINTENANCE_CHUNK):
+            part = wanted[start : start + MAINTENANCE_CHUNK]
+            marks = ",".join("?" * len(part))
+            waiting.update(
+                row[0]
+                for row in self.conn.execute(
+                    f"SELECT seq FROM events WHERE dseq IS NULL AND seq IN ({marks})",  # noqa: S608 - marks only
+                    part,
+                )
+            )
+        return waiting
+
+    def media_kept_by_others(
+        self, addresses: tuple[str, ...], keys: Iterable[tuple[str | None, str]]
+    ) -> set[tuple[str | None, str]]:
+        """Which stored objects (bucket, key) an event or dead letter of someone else also
+        points at: keys come from the content's hash, so two people who sent the same file
+        the same day share one object, and it stays."""
+        wanted = sorted({key for _bucket, key in keys})
+        kept: set[tuple[str | None, str]] = set()
+        params = addresses * len(CONTACT_FIELDS)
+        clause = contact_clause(len(addresses))
+        for table in ("events", "dead_letters"):
+            for start in range(0, len(wanted), MAINTENANCE_CHUNK):
+                part = wanted[start : start + MAINTENANCE_CHUNK]
+                marks = ",".join("?" * len(part))
+                rows = self.conn.execute(
+                    "SELECT json_extract(body, '$.media.stored.bucket'), "  # noqa: S608 - fixed clauses
+                    f"json_extract(body, '$.media.stored.key') FROM {table} WHERE json_valid(body) "
+                    f"AND json_extract(body, '$.media.stored.key') IN ({marks}) AND NOT {clause}",
+                    (*part, *params),
+                ).fetchall()
+                kept.update((bucket, key) for bucket, key in rows)
+        return kept
+
+    def erase_contact(
+        self, addresses: tuple[str, ...], found: ContactRows, forget_event: dict[str, Any]
+    ) -> Erasure:
+        """In one transaction: delete the events and dead letters `found` (and those that
+        came after its scan), the `retries` rows of their ids, and journal `forget_event`
+        with no delivery position, as an event waiting for media is: the running daemon's
+        media stage gives it the next position (this process must not: the daemon's writer
+        numbers events from memory), so every sink receives it. Dedupe keys stay."""
+        with self._transaction() as conn:
+            tail = self.contact_rows(addresses, found.scanned_seq, found.scanned_dead)
+            seqs = [stored.seq for stored in (*found.events, *tail.events)]
+            dead_ids = [dead_id for dead_id, _ in (*found.dead_letters, *tail.dead_letters)]
+            # Above every seq ever given out, so the media stage, which remembers the seqs
+            # it finished lately, cannot take this one for an event it has done.
+            forget_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]) + 1
+            events: list[dict[str, Any]] = []
+            dead_letters: list[dict[str, Any]] = []
+            event_ids: set[str] = set()
+            passed = min(self.cursors().values(), default=0)
+            for start in range(0, len(seqs), MAINTENANCE_CHUNK):
+                part = seqs[start : start + MAINTENANCE_CHUNK]
+                marks = ",".join("?" * len(part))
+                # Read again under the lock: the media stage may have finished one since the
+                # scan (a position and `media.stored` of its own).
+                rows = conn.execute(
+                    f"SELECT seq, dseq, id, body FROM events WHERE seq IN ({marks})",  # noqa: S608 - marks only
+                    part,
+                ).fetchall()
+                for _seq, dseq, event_id, body in rows:
+                    events.append(load_json(body))
+                    event_ids.add(event_id)
+                    if dseq is not None:
+                        raise_high_water(conn, dseq)
+                        if dseq > passed:
+                            conn.execute("INSERT OR IGNORE INTO erased (dseq) VALUES (?)", (dseq,))
+                conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", part)  # noqa: S608 - marks only
+            for start in range(0, len(dead_ids), MAINTENANCE_CHUNK):
+                part = dead_ids[start : start + MAINTENANCE_CHUNK]
+                marks = ",".join("?" * len(part))
+                for event_id, body in conn.execute(
+                    f"SELECT event_id, body FROM dead_letters WHERE id IN ({marks})",  # noqa: S608 - marks only
+                    part,
+                ):
+                    dead_letters.append(load_json(body))
+                    event_ids.add(event_id)
+                conn.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", part)  # noqa: S608 - marks only
+            retries = 0
+            ids = sorted(event_ids)
+            for start in range(0, len(ids), MAINTENANCE_CHUNK):
+                part = ids[start : start + MAINTENANCE_CHUNK]
+                marks = ",".join("?" * len(part))
+                retries += conn.execute(
+                    f"DELETE FROM retries WHERE event_id IN ({marks})",  # noqa: S608 - marks only
+                    part,
+                ).rowcount
+            conn.execute(
+                "INSERT INTO events (seq, id, source, kind, received_at, dseq, body) "
+                "VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                (
+                    forget_seq,
+                    forget_event["id"],
+                    forget_event["source"],
+                    forget_event["kind"],
+                    time.time(),
+                    encode(forget_event),
+                ),
+            )
+        return Erasure(events, dead_letters, retries, forget_seq)
+
+    # -- fsck --------------------------------------------------------------------
+
+    def integrity(self, limit: int = 50) -> list[str]:
+        """SQLite's own check of every page, index and constraint: [] when sound."""
+        rows = [str(row[0]) for row in self.conn.execute(f"PRAGMA integrity_check({int(limit)})")]
+        return [] if rows == ["ok"] else rows
+
+    def reindex(self) -> None:
+        self.conn.execute("REINDEX")
+
+    def duplicate_positions(self) -> list[tuple[int, list[int]]]:
+        """Delivery positions held by more than one event: (dseq, their seqs). Read past
+        the unique index on purpose: it is what a damaged file gets wrong."""
+        rows = self.conn.execute(
+            "SELECT dseq, group_concat(seq) FROM events NOT INDEXED WHERE dseq IS NOT NULL "
+            "GROUP BY dseq HAVING count(*) > 1 ORDER BY dseq"
+        ).fetchall()
+        return [(int(dseq), sorted(int(seq) for seq in seqs.split(","))) for dseq, seqs in rows]
+
+    def missing_positions(self, above: int) -> list[tuple[int, int]]:
+        """Ranges (first, last) of delivery positions above `above` and below the end that
+        no event holds and `forget` did not erase."""
+        gaps = []
+        expected = above + 1
+        for (dseq,) in self.conn.execute(
+            "SELECT dseq FROM events WHERE dseq > ? UNION SELECT dseq FROM erased WHERE dseq > ? ORDER BY 1",
+            (above, above),
+        ):
+            if dseq > expected:
+                gaps.append((expected, dseq - 1))
+            expected = dseq + 1
+        return gaps
+
+    def waiting_rows(self) -> list[WaitingRow]:
+        """Every event without a delivery position, oldest first."""
+        rows = self.conn.execute(
+            "SELECT seq, id, received_at, body FROM events WHERE dseq IS NULL ORDER BY seq"
+        ).fetchall()
+        return [WaitingRow(int(seq), str(event_id), float(at), str(body)) for seq, event_id, at, body in rows]
+
+    def sink_rows(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Dead letters and `retries` rows per sink."""
+        dead = dict(self.conn.execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink").fetchall())
+        retries = dict(self.conn.execute("SELECT sink, count(*) FROM retries GROUP BY sink").fetchall())
+        return dead, retries
+
+    def dead_letter_rows(self, sink: str) -> list[dict[str, Any]]:
+        """A sink's dead letters as rows (to keep them in a file before they go)."""
+        columns = ("id", "sink", "seq", "event_id", "attempts", "error", "failed_at", "body")
+        rows = self.conn.execute(
+            f"SELECT {', '.join(columns)} FROM dead_letters WHERE sink = ? ORDER BY id",  # noqa: S608 - fixed columns
+            (sink,),
+        ).fetchall()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def delete_dead_letters(self, sink: str, up_to_id: int) -> int:
+        with self._transaction() as conn:
+            return int(
+                conn.execute("DELETE FROM dead_letters WHERE sink = ? AND id <= ?", (sink, up_to_id)).rowcount
+            )
+
+    def delete_retries(self, sink: str) -> int:
+        with self._transaction() as conn:
+            return int(conn.execute("DELETE FROM retries WHERE sink = ?", (sink,)).rowcount)
+
+    def set_cursor(self, sink: str, dseq: int) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO cursors (sink, dseq) VALUES (?, ?) "
+                "ON CONFLICT(sink) DO UPDATE SET dseq = excluded.dseq",
+                (sink, dseq),
+            )
+
+    def give_position(self, seq: int) -> int:
+        """Give the event the next delivery position (only with the daemon stopped: a
+        running one numbers events from memory). Returns it."""
+        with self._transaction() as conn:
+            dseq = max(high_water(conn), max_cursor(conn)) + 1
+            conn.execute("UPDATE events SET dseq = ? WHERE seq = ?", (dseq, seq))
+        return dseq
+
+    def take_row(self, seq: int) -> dict[str, Any] | None:
+        """Delete one event row and return it as it was (to keep it in a file)."""
+        columns = ("seq", "id", "source", "kind", "received_at", "dseq", "body")
+        with self._transaction() as conn:
+            row = conn.execute(
+                f"SELECT {', '.join(columns)} FROM events WHERE seq = ?",  # noqa: S608 - fixed columns
+                (seq,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
+        return dict(zip(columns, row, strict=True))
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database and empty it: (busy, frames, copied)."""
+        busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(busy), int(frames), int(copied)

@@ -33,6 +33,7 @@ class Metrics:
     duplicates: Counter
     rejected: Counter
     rate_limited: Counter
+    ratelimit_fallback: Counter
     journal_commit: Histogram
     sink_backlog: Gauge
     sink_deliveries: Counter
@@ -46,6 +47,7 @@ class Metrics:
     session_up: Gauge
     sink_paused: Gauge
     sink_oldest_pending: Gauge
+    sink_errors: Counter
     build_info: Info
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -98,6 +100,11 @@ def make_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         rate_limited=Counter(
             "wahookd_rate_limited", "Requests refused by the per-IP rate limit", registry=registry
+        ),
+        ratelimit_fallback=Counter(
+            "wahookd_ratelimit_fallback",
+            "Requests whose rate limit this node decided alone because Redis was unreachable",
+            registry=registry,
         ),
         journal_commit=Histogram(
             "wahookd_journal_commit_seconds",
@@ -160,6 +167,12 @@ def make_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "wahookd_sink_oldest_pending_seconds",
             "Age of the oldest event waiting for the sink; 0 when caught up",
             ["sink"],
+            registry=registry,
+        ),
+        sink_errors=Counter(
+            "wahookd_sink_errors",
+            "Unexpected exceptions raised by a sink plugin (bugs, not DeliveryError), by type",
+            ["sink", "kind"],
             registry=registry,
         ),
         build_info=build_info,

@@ -39,6 +39,13 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
             manager.load_setuptools_entrypoints("wahookd")
         except Exception as exc:  # a broken third-party plugin must name itself
             raise PluginError(f"cannot load a plugin from entry-point group 'wahookd': {exc}") from exc
+    try:
+        # A hook implementation whose name matches no spec (`wahookd_register_sink`, a typo)
+        # would otherwise never be called, silently.
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = manager.get_name(exc.plugin) if exc.plugin is not None else "?"
+        raise PluginError(f"plugin {name!r}: {exc}") from None
     return manager
 
 

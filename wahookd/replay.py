@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from wahookd.delivery import call_optional
-from wahookd.errors import DeliveryError, PermanentDeliveryError, WahookdError
+from wahookd.errors import WahookdError
 from wahookd.events import load_json
 from wahookd.hookspecs import Sink
+from wahookd.lifecycle import SinkHandle
 from wahookd.settings import SinkSettings
 
 REPLAY_BATCH = 200
@@ -158,22 +158,18 @@ def count_items(conn: sqlite3.Connection, sink: str, dead: bool, since: float | 
     return int(row[0])
 
 
-async def deliver_with_retries(sink: Sink, event: dict[str, Any]) -> tuple[str | None, int]:
+async def deliver_with_retries(sink: SinkHandle, event: dict[str, Any]) -> tuple[str | None, int]:
     """Deliver one event: (None, attempts) on success, else (the last error, attempts)."""
     attempt = 0
     while True:
         attempt += 1
-        try:
-            await sink.deliver(event)
-        except PermanentDeliveryError as exc:
-            return str(exc) or type(exc).__name__, attempt
-        except Exception as exc:  # the sink boundary: anything else may pass on a retry
-            if attempt >= REPLAY_ATTEMPTS:
-                return str(exc) or type(exc).__name__, attempt
-            wait = exc.retry_after if isinstance(exc, DeliveryError) else None
-            await asyncio.sleep(min(REPLAY_MAX_WAIT, wait if wait is not None else 0.5 * attempt))
-            continue
-        return None, attempt
+        failure = await sink.deliver(event)
+        if failure is None:
+            return None, attempt
+        if failure.permanent or attempt >= REPLAY_ATTEMPTS:
+            return failure.error, attempt
+        wait = failure.retry_after
+        await asyncio.sleep(min(REPLAY_MAX_WAIT, wait if wait is not None else 0.5 * attempt))
 
 
 async def replay_sink(
@@ -190,7 +186,10 @@ async def replay_sink(
     result = ReplayResult(name)
     progress = Progress(f"replay {name}", count_items(conn, name, dead, since), stream)
     items = dead_items(conn, name, since) if dead else journal_items(conn, since)
-    await call_optional(sink, "start")
+    handle = SinkHandle(name, sink)
+    failure = await handle.start()
+    if failure is not None:
+        raise WahookdError(f"sink {name} did not start: {failure.error}")
     try:
         batch: list[Item] = []
         for item in items:
@@ -200,18 +199,18 @@ async def replay_sink(
                 continue
             batch.append(item)
             if len(batch) >= REPLAY_BATCH:
-                await _replay_batch(sink, table, conn, batch, result, progress)
+                await _replay_batch(handle, table, conn, batch, result, progress)
                 batch = []
         if batch:
-            await _replay_batch(sink, table, conn, batch, result, progress)
+            await _replay_batch(handle, table, conn, batch, result, progress)
     finally:
-        await call_optional(sink, "close")
+        await handle.close()
     progress.finish()
     return result
 
 
 async def _replay_batch(
-    sink: Sink,
+    sink: SinkHandle,
     table: SinkSettings,
     conn: sqlite3.Connection,
     batch: list[Item],
@@ -237,7 +236,9 @@ async def _replay_batch(
                     (attempts, error[:1000], time.time(), item.dead_id),
                 )
     # Only what the sink has made durable leaves the dead-letter store.
-    await call_optional(sink, "flush")
+    failure = await sink.flush()
+    if failure is not None:
+        raise WahookdError(f"sink {sink.name} could not flush: {failure.error}")
     result.delivered += len(delivered)
     dead_ids = [(item.dead_id,) for item in delivered if item.dead_id is not None]
     if dead_ids:

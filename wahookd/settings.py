@@ -12,6 +12,7 @@ key is forgeable by anyone. Unknown keys are errors naming their full path.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -258,12 +259,49 @@ class StateSettings(Section):
         return self.durability == "fsync"
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 class RateLimitSettings(Section):
     rate: float = Field(50.0, gt=0, description="requests per second per client IP")
     burst: int = Field(100, gt=0, description="bucket size: requests allowed at once")
     max_clients: int = Field(
         100_000, gt=0, description="client IPs tracked at once; least recently seen are dropped"
     )
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description='"memory": each node its own buckets; "redis": buckets shared by every node'
+    )
+    url: Secret | None = Field(
+        None, description="Redis URL for backend = redis (redis://, rediss://, unix://); or url_file"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return resolve_secret_files(data, ("url",), info)
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> RateLimitSettings:
+        if self.backend != "redis":
+            return self
+        if self.url is None:
+            raise ValueError('backend = "redis" needs url (or url_file): the Redis every node shares')
+        url = self.url.get_secret_value()
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if url != UNREAD_SECRET and scheme not in REDIS_SCHEMES:
+            # The URL may hold a password: name its scheme only, never the URL.
+            given = f"{scheme}://" if scheme else "a URL without a scheme"
+            raise ValueError(f"url must start with redis://, rediss:// or unix://, not {given}")
+        if importlib.util.find_spec("redis") is None:
+            raise ValueError("backend = \"redis\" needs the redis package: pip install 'wahookd[redis]'")
+        return self
+
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis to share buckets through, or None for node-local buckets."""
+        if self.backend != "redis" or self.url is None:
+            return None
+        return self.url.get_secret_value()
 
 
 class DedupeSettings(Section):
@@ -337,18 +375,39 @@ class MediaSettings(Section):
         return resolve_secret_files(data, ("access_key", "secret_key"), info)
 
 
+# `redact`: fields replaced by null, and contact fields replaced by a keyed hash.
+REDACT_NULL = ("text", "raw", "media", "sender_name")
+REDACT_HASH = ("from", "to", "chat_id", "from_lid", "from_user_id")
+REDACTABLE = Literal[
+    "text", "raw", "media", "sender_name", "from", "to", "chat_id", "from_lid", "from_user_id"
+]
+
+
 class SinkSettings(BaseModel):
     """The keys every sink table has; the rest of the table belongs to the sink's plugin."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     plugin: str = Field(description="which sink plugin: file, forward, sql, or a third party's")
-    kinds: list[Literal["message", "status", "system"]] | None = Field(
+    kinds: list[Literal["message", "status", "call", "system"]] | None = Field(
         None, description="deliver only these kinds; unset delivers all"
     )
     types: list[str] | None = Field(None, description="deliver only these message types")
     sources: list[str] | None = Field(None, description="deliver only events of these sources")
+    events: list[str] | None = Field(
+        None, description="deliver only these provider event names (messages.upsert, ...)"
+    )
     concurrency: int = Field(1, ge=1, le=256, description="deliveries in flight at once")
+    ordering: Literal["none", "chat"] = Field(
+        "none", description='"chat": one event per chat_id at a time, in journal order'
+    )
+    rate: float | None = Field(None, gt=0, description="most deliveries per second, evenly spaced")
+    pause_after: int = Field(
+        0, ge=0, description="consecutive failed attempts that pause the sink (circuit); 0 never"
+    )
+    redact: list[REDACTABLE] = Field(
+        default_factory=list, description="fields this sink never sees (text, raw, from, ...)"
+    )
     # 25 tries with the default backoff is about 1.5 hours: a target that is down for a
     # while loses nothing to the dead letters, a poison event still ends there.
     max_attempts: int = Field(25, ge=1, description="tries before an event is dead-lettered")
@@ -364,6 +423,7 @@ class SinkSettings(BaseModel):
             (self.kinds is None or event.get("kind") in self.kinds)
             and (self.types is None or event.get("type") in self.types)
             and (self.sources is None or event.get("source") in self.sources)
+            and (self.events is None or event.get("event") in self.events)
         )
 
 

@@ -27,10 +27,10 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from wahookd.delivery import call_optional
 from wahookd.errors import ConfigError, DeliveryError, PermanentDeliveryError
 from wahookd.events import now_rfc3339
 from wahookd.hookspecs import Sink, SinkContext, SinkSpec, hookimpl
+from wahookd.lifecycle import Failure, SinkHandle
 from wahookd.settings import describe_errors
 
 _counter = itertools.count(1)
@@ -137,14 +137,21 @@ async def run_sink(
 ) -> Sink:
     """Build the sink, start it, deliver `events` in order, flush and close; returns the sink."""
     sink = build_sink(spec, options, state_dir=state_dir, name=name)
-    await call_optional(sink, "start")
+    handle = SinkHandle(name, sink)  # drives the sink as the daemon's worker does
+    raise_failure(await handle.start())
     try:
         for event in events:
-            await sink.deliver(event)
-        await call_optional(sink, "flush")
+            raise_failure(await handle.deliver(event))
+        raise_failure(await handle.flush())
     finally:
-        await call_optional(sink, "close")
+        await handle.close()
     return sink
+
+
+def raise_failure(failure: Failure | None) -> None:
+    """What the sink raised, raised again for the test to see."""
+    if failure is not None:
+        raise failure.exception or AssertionError(failure.error)
 
 
 class CaptureOptions(BaseModel):
