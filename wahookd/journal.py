@@ -1011,7 +1011,8 @@ class JournalMaintenance(JournalReader):
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__(conn)
-        conn.executescript(ERASED_SCHEMA)
+        with contextlib.suppress(sqlite3.OperationalError):  # a read-only connection (fsck)
+            conn.executescript(ERASED_SCHEMA)
 
     @contextlib.contextmanager
     def _transaction(self) -> Any:
@@ -1185,10 +1186,13 @@ class JournalMaintenance(JournalReader):
         no event holds and `forget` did not erase."""
         gaps = []
         expected = above + 1
-        for (dseq,) in self.conn.execute(
-            "SELECT dseq FROM events WHERE dseq > ? UNION SELECT dseq FROM erased WHERE dseq > ? ORDER BY 1",
-            (above, above),
-        ):
+        erased = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'erased'").fetchone()
+        sql = "SELECT dseq FROM events WHERE dseq > ?"
+        if erased:
+            sql += " UNION SELECT dseq FROM erased WHERE dseq > ? ORDER BY 1"
+        else:
+            sql += " AND ? IS NOT NULL ORDER BY 1"
+        for (dseq,) in self.conn.execute(sql, (above, above)):
             if dseq > expected:
                 gaps.append((expected, dseq - 1))
             expected = dseq + 1

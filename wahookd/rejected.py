@@ -138,6 +138,28 @@ class RejectedStore:
                     os.chmod(path, FILE_MODE)
             self._tightened = True
 
+    def erase_mentioning(self, contact: str) -> int:
+        """Delete every kept body (and its note) that mentions `contact` (`wahookd forget`):
+        phone digits as a whole number (not inside a longer one; `+`, `whatsapp:` or a JID
+        around them still match), a LID as written. Returns how many bodies went."""
+        if contact.isdigit():
+            pattern = re.compile(rb"(?<![0-9])" + contact.encode() + rb"(?![0-9])")
+        else:
+            pattern = re.compile(re.escape(contact.encode()))
+        if not self.directory.is_dir():
+            return 0
+        erased = 0
+        for body in sorted(self.directory.glob("*.body")):
+            try:
+                data = body.read_bytes()
+            except FileNotFoundError:  # the daemon rotated it out meanwhile
+                continue
+            if pattern.search(data):
+                body.unlink(missing_ok=True)
+                body.with_suffix(".json").unlink(missing_ok=True)
+                erased += 1
+        return erased
+
     @staticmethod
     def _write_private(path: Path, data: bytes) -> None:
         # Created 0600 from the start (never chmod after writing: a reader could open it

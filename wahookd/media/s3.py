@@ -75,6 +75,24 @@ class S3Store:
         except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError):
             raise MediaError(f"object store unreachable: {self.endpoint}", retry=True) from None
 
+    async def delete(self, key: str, bucket: str | None = None) -> bool:
+        return await asyncio.to_thread(self._delete, key, bucket or self.bucket)
+
+    def _delete(self, key: str, bucket: str) -> bool:
+        try:
+            try:
+                self._client.stat_object(bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                    return False
+                raise
+            self._client.remove_object(bucket, key)
+        except S3Error as exc:
+            raise MediaError(f"object store error: {exc.code}", retry=True) from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError):
+            raise MediaError(f"object store unreachable: {self.endpoint}", retry=True) from None
+        return True
+
     def _ensure_bucket(self) -> None:
         with self._lock:
             if self._bucket_ready:

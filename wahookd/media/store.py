@@ -76,6 +76,11 @@ class MediaStore(Protocol):
 
     async def put(self, path: Path, key: str, mime_type: str | None) -> dict[str, Any]: ...
 
+    async def delete(self, key: str, bucket: str | None = None) -> bool:
+        """Remove the object (`wahookd forget`); False when it was not there. `bucket` is
+        the one `put` answered with (None for the local store)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -107,6 +112,28 @@ class LocalStore:
             finally:
                 os.close(fd)
         return target
+
+    async def delete(self, key: str, bucket: str | None = None) -> bool:
+        return await asyncio.to_thread(self._delete, key)
+
+    def _delete(self, key: str) -> bool:
+        root = self.root.resolve()
+        target = (root / key).resolve()
+        if not target.is_relative_to(root) or target == root:
+            raise ValueError(f"media key outside the store: {key!r}")
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            return False
+        # The day's directories go with their last file (never the store's root).
+        parent = target.parent
+        while parent != root:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty
+                break
+            parent = parent.parent
+        return True
 
     async def close(self) -> None:
         return None
