@@ -7,6 +7,7 @@ See `wahookd.sinks.sql` for the tables and the migration plan.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     DateTime,
@@ -26,10 +28,13 @@ from sqlalchemy import (
     Table,
     Text,
     case,
+    cast,
     create_engine,
+    delete,
     event,
     func,
     inspect,
+    or_,
     select,
     text,
 )
@@ -199,8 +204,44 @@ def status_rank(status: Any) -> int | None:
     return STATUS_RANK.get(status) if isinstance(status, str) else None
 
 
+# Bound parameters one statement may carry: SQLite's limit (32766 since 3.32, 999 before);
+# PostgreSQL's is 65535. A multi-row upsert of a 500-event batch fits in a few statements.
+MAX_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+FORGET_EVENT = "privacy.forget"
+# The event fields `wahookd forget` matches a contact on (SPEC §7).
+CONTACT_COLUMNS = ("from", "to", "chat_id")
+CONTACT_FIELDS = ("from_lid", "from_user_id")  # no column of their own: read from `fields`
+
+
+def forget_addresses(event: dict[str, Any]) -> list[str]:
+    """The addresses a `privacy.forget` event names: ``raw.addresses`` (the contact's phone
+    digits and JIDs, or its LID), else its ``from``."""
+    raw = event.get("raw")
+    addresses = raw.get("addresses") if isinstance(raw, dict) else None
+    if isinstance(addresses, list) and addresses and all(isinstance(a, str) and a for a in addresses):
+        return list(addresses)
+    return [event["from"]] if isinstance(event.get("from"), str) and event["from"] else []
+
+
+def is_forget(event: dict[str, Any]) -> bool:
+    return event.get("kind") == "system" and event.get("event") == FORGET_EVENT
+
+
 class SqlSink:
-    """Writes each event in its own transaction; safe for concurrent `deliver` calls."""
+    """Buffers delivered events and writes each batch in one transaction at `flush()`.
+
+    wahookd calls `flush()` before it records the sink's position, so a batch is durable in
+    the database before the journal moves past it; a flush that fails rolls the whole
+    transaction back, keeps the buffer, and the batch is tried again (an event delivered
+    twice replaces its buffered copy, so a retried batch is still written once). Per batch:
+    one multi-row upsert of the events and one of the statuses, merged per message first
+    (the same outcome as applying them one by one: see `merge_statuses`). A ``privacy.forget``
+    event deletes the contact's rows, after the events before it and before those after it.
+
+    When the database refuses a row of a batch (a constraint a team added), the flush fails
+    and the next deliveries are written one by one, so the refused event alone raises
+    `PermanentDeliveryError` and goes to the dead letters, as it did before batching.
+    """
 
     def __init__(self, options: SqlOptions, context: SinkContext) -> None:
         self.url = database_url(options, context.state_dir)
@@ -217,6 +258,9 @@ class SqlSink:
         self._engine: Engine | None = None
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        self._buffer: list[dict[str, Any]] = []  # delivered, not yet written
+        self._buffered: dict[str, int] = {}  # event id -> its place in the buffer
+        self._one_by_one = False  # a row was refused: write each event on its own
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -228,12 +272,45 @@ class SqlSink:
             self.log.warning("sql_schema_deferred", error=str(exc))
 
     async def deliver(self, event: dict[str, Any]) -> None:
-        await self._run(self._write, event)
+        if self._one_by_one:
+            await self._run(self._write, [event])
+            return
+        place = self._buffered.get(event["id"])
+        if place is not None:  # a batch tried again: the newer copy, in the same place
+            self._buffer[place] = event
+            return
+        self._buffered[event["id"]] = len(self._buffer)
+        self._buffer.append(event)
+
+    async def flush(self) -> None:
+        self._one_by_one = False
+        if not self._buffer:
+            return
+        batch = list(self._buffer)
+        try:
+            await self._run(self._write, batch)
+        except PermanentDeliveryError as exc:
+            if len(batch) == 1:
+                self._clear()
+                raise
+            # Which event the database refuses, only one-by-one writes can tell: the
+            # batch comes again (wahookd retries it) and each of its events is written alone.
+            self._clear()
+            self._one_by_one = True
+            raise DeliveryError(f"{exc}; writing this batch's events one by one") from None
+        self._clear()
+
+    def _clear(self) -> None:
+        self._buffer.clear()
+        self._buffered.clear()
 
     async def close(self) -> None:
-        if self._engine is not None:
-            await self._run(self._engine.dispose)
-        self._executor.shutdown(wait=True)
+        try:
+            await self.flush()
+        finally:
+            if self._engine is not None:
+                await self._run(self._engine.dispose)
+            self._executor.shutdown(wait=True)
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -308,19 +385,70 @@ class SqlSink:
                 self.log.info("sql_schema_migrated", version=step + 1)
             self._schema_ready = True
 
-    def _write(self, event: dict[str, Any]) -> None:
+    def _write(self, events: list[dict[str, Any]]) -> None:
+        """Write `events` in one transaction, in order around each ``privacy.forget``."""
         if not self._schema_ready:
             self._ensure_schema()
         now = datetime.now(UTC)
         with self.engine().begin() as conn:
-            conn.execute(self._event_upsert(event, now))
-            if event.get("kind") == "status":
-                statement = self._status_upsert(event, now)
-                if statement is not None:
-                    conn.execute(statement)
+            part: list[dict[str, Any]] = []
+            for event in events:
+                if not is_forget(event):
+                    part.append(event)
+                    continue
+                self._write_part(conn, part, now)
+                part = []
+                self._forget(conn, forget_addresses(event))
+                self._write_part(conn, [event], now)
+            self._write_part(conn, part, now)
 
-    def _event_upsert(self, event: dict[str, Any], now: datetime) -> Any:
-        table = self.tables["events"]
+    def _write_part(self, conn: Connection, events: list[dict[str, Any]], now: datetime) -> None:
+        if not events:
+            return
+        latest = {str(event["id"]): event for event in events}  # a repeated id: its last copy
+        rows = [self._event_row(event, now) for event in latest.values()]
+        for statement in self._chunks(self.tables["events"], rows, self._event_upsert_of):
+            conn.execute(statement)
+        statuses = merge_statuses(
+            [row for row in (self._status_row(event, now) for event in events) if row is not None]
+        )
+        for statement in self._chunks(self.tables["message_status"], statuses, self._status_upsert_of):
+            conn.execute(statement)
+
+    @staticmethod
+    def _chunks(
+        table: Table, rows: list[dict[str, Any]], statement: Callable[[list[dict[str, Any]]], Any]
+    ) -> Any:
+        if not rows:
+            return
+        size = max(1, MAX_PARAMETERS // len(table.columns))
+        for start in range(0, len(rows), size):
+            yield statement(rows[start : start + size])
+
+    def _forget(self, conn: Connection, addresses: list[str]) -> None:
+        """Delete the contact's events and message statuses (`wahookd forget`)."""
+        if not addresses:
+            return
+        events = self.tables["events"]
+        fields = events.c.fields
+        if self.is_sqlite:
+            extracted = [func.json_extract(fields, f"$.{name}") for name in CONTACT_FIELDS]
+        else:
+            extracted = [cast(fields, JSON)[name].as_string() for name in CONTACT_FIELDS]
+        # `fields` is parsed only where the text holds an address at all.
+        mentions = or_(*(fields.contains(address, autoescape=True) for address in addresses))
+        conn.execute(
+            delete(events).where(
+                or_(
+                    *(events.c[name].in_(addresses) for name in CONTACT_COLUMNS),
+                    mentions & or_(*(value.in_(addresses) for value in extracted)),
+                )
+            )
+        )
+        status = self.tables["message_status"]
+        conn.execute(delete(status).where(or_(status.c.chat_id.in_(addresses), status.c.to.in_(addresses))))
+
+    def _event_row(self, event: dict[str, Any], now: datetime) -> dict[str, Any]:
         row = {
             "id": str(event["id"]),
             "source": event.get("source") or "",
@@ -350,20 +478,24 @@ class SqlSink:
             # Every field as sent, those without a column of their own (SPEC §4) included.
             "fields": as_json({name: value for name, value in event.items() if name != "raw"}),
         }
-        row = {name: self.column_text(value) for name, value in row.items()}
-        statement = self.dialect_insert(table).values(row)
+        return {name: self.column_text(value) for name, value in row.items()}
+
+    def _event_upsert_of(self, rows: list[dict[str, Any]]) -> Any:
+        table = self.tables["events"]
+        statement = self.dialect_insert(table).values(rows)
         return statement.on_conflict_do_update(
             index_elements=[table.c.id],
-            set_={name: statement.excluded[name] for name in row if name != "id"},
+            set_={name: statement.excluded[name] for name in rows[0] if name != "id"},
         )
 
-    def _status_upsert(self, event: dict[str, Any], now: datetime) -> Any:
-        """Insert the status, or move the row forward; never backwards (see the docstring)."""
+    def _status_row(self, event: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+        """A status event as a ``message_status`` row (every step column, one filled)."""
+        if event.get("kind") != "status":
+            return None
         status = event.get("status")
         rank = status_rank(status)
         if rank is None or not event.get("message_id"):
             return None
-        table = self.tables["message_status"]
         moment = parse_time(event.get("timestamp")) or parse_time(event.get("received_at")) or now
         row = {
             "source": event.get("source") or "",
@@ -374,11 +506,15 @@ class SqlSink:
             "to": event.get("to"),
             "error": as_json(event.get("error")),
             "event_id": str(event["id"]),
-            f"{status}_at": moment,
+            **{f"{step}_at": moment if step == status else None for step in STEPS},
             "updated_at": now,
         }
-        row = {name: self.column_text(value) for name, value in row.items()}
-        statement = self.dialect_insert(table).values(row)
+        return {name: self.column_text(value) for name, value in row.items()}
+
+    def _status_upsert_of(self, rows: list[dict[str, Any]]) -> Any:
+        """Insert the statuses, or move each row forward; never backwards (module doc)."""
+        table = self.tables["message_status"]
+        statement = self.dialect_insert(table).values(rows)
         new = statement.excluded
         forward = new.rank > table.c.rank
 
@@ -389,9 +525,33 @@ class SqlSink:
             name: advanced(name) for name in ("status", "rank", "error", "event_id", "updated_at")
         }
         # Each step keeps the first time it was seen, even when it arrives after a later one.
-        changes[f"{status}_at"] = func.coalesce(table.c[f"{status}_at"], new[f"{status}_at"])
+        for step in STEPS:
+            changes[f"{step}_at"] = func.coalesce(table.c[f"{step}_at"], new[f"{step}_at"])
         for name in ("chat_id", "to"):
             changes[name] = func.coalesce(table.c[name], new[name])
         return statement.on_conflict_do_update(
             index_elements=[table.c.source, table.c.message_id], set_=changes
         )
+
+
+def merge_statuses(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (source, message_id), as the upsert applied to each in turn would leave
+    it: a multi-row upsert may not touch one row twice (PostgreSQL refuses it).
+
+    The row that first reached the highest rank gives status, rank, error, event_id and
+    updated_at (a later one of the same rank does not move it: ``new.rank > rank``); each
+    ``<step>_at``, ``chat_id`` and ``to`` is the first one given (``coalesce``)."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["source"], row["message_id"])
+        into = merged.get(key)
+        if into is None:
+            merged[key] = dict(row)
+            continue
+        if row["rank"] > into["rank"]:
+            for name in ("status", "rank", "error", "event_id", "updated_at"):
+                into[name] = row[name]
+        for name in (*(f"{step}_at" for step in STEPS), "chat_id", "to"):
+            if into[name] is None:
+                into[name] = row[name]
+    return list(merged.values())
