@@ -15,8 +15,11 @@ from media_support import Route, StandIn, free_port, standin
 from wahookd.media.errors import MediaError, MediaRefused
 from wahookd.media.fetch import Download, Fetcher
 from wahookd.media.guard import AllowList, HostPolicy
+from wahookd.providers.builtin import wahookd_register_providers
 
 BODY = b"\x89PNG fake image bytes" * 100
+# Each provider's own media hosts, as the provider declares them (`Provider.media_hosts`).
+HOSTS = {provider.name: provider.media_hosts for provider in wahookd_register_providers()}
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def download(
     async def go() -> Download:
         fetcher = Fetcher(allow, max_bytes, timeout)
         try:
-            policy = fetcher.policy(provider, api_url)
+            policy = fetcher.policy(HOSTS[provider], api_url)
             return await fetcher.download(url, policy, headers or {}, tmp_path / "body")
         finally:
             fetcher.close()
@@ -63,7 +66,7 @@ def download(
     ],
 )
 def test_each_provider_may_fetch_from_its_own_media_hosts(provider: str, url: str) -> None:
-    HostPolicy.for_source(provider, None, AllowList()).check_url(url)
+    HostPolicy.for_source(HOSTS[provider], None, AllowList()).check_url(url)
 
 
 @pytest.mark.parametrize(
@@ -82,12 +85,12 @@ def test_each_provider_may_fetch_from_its_own_media_hosts(provider: str, url: st
 )
 def test_urls_outside_the_providers_hosts_are_refused(provider: str, url: str, reason: str) -> None:
     with pytest.raises(MediaRefused, match=reason):
-        HostPolicy.for_source(provider, None, AllowList()).check_url(url)
+        HostPolicy.for_source(HOSTS[provider], None, AllowList()).check_url(url)
 
 
 def test_allow_hosts_adds_names_wildcards_and_networks() -> None:
     allow = AllowList.parse(["files.example.com", "*.cdn.example.net", "192.0.2.0/24"])
-    policy = HostPolicy.for_source("meta", None, allow)
+    policy = HostPolicy.for_source(HOSTS["meta"], None, allow)
     policy.check_url("http://files.example.com/a")
     policy.check_url("https://x.cdn.example.net/a")
     policy.check_url("http://192.0.2.7/a")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from wahookd.errors import ParseError
-from wahookd.events import KINDS, MESSAGE_TYPES, STATUSES, Event
+from wahookd.events import CALL_STATUSES, KINDS, MESSAGE_TYPES, STATUSES, Event
 from wahookd.providers import InboundRequest, Provider
 from wahookd.providers.builtin import wahookd_register_providers
 from wahookd.settings import SourceSettings
@@ -131,11 +131,16 @@ def check_event(event: Event, provider: str) -> None:
     assert record["kind"] in KINDS
     assert record["type"] is None or record["type"] in MESSAGE_TYPES
     assert record["status"] is None or record["status"] in STATUSES
-    for field in ("message_id", "chat_id", "from", "to", "sender_name", "text", "timestamp"):
+    text_fields = ("message_id", "chat_id", "from", "to", "sender_name", "text", "timestamp")
+    for field in (*text_fields, "ref_message_id", "reply_to", "from_lid", "from_user_id"):
         assert record[field] is None or isinstance(record[field], str), field
+    for field in ("error", "poll", "call", "referral"):
+        assert record[field] is None or isinstance(record[field], dict), field
     assert record["from_me"] is None or isinstance(record["from_me"], bool)
+    if record["kind"] == "call" and provider != "standard":
+        assert record["call"]["status"] in CALL_STATUSES
     media = record["media"]
-    if media is not None:
+    if media is not None and provider != "standard":  # a relayed event keeps its stored media
         assert media["size"] is None or isinstance(media["size"], int)
         assert media["stored"] is None
         assert media["sha256"] is None

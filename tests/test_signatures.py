@@ -227,9 +227,13 @@ def test_twilio_rejects_a_different_public_url() -> None:
     headers = PROVIDERS["twilio"].sign(body, "https://hooks.example.com/webhooks/s", settings)
     for other in (
         "http://hooks.example.com/webhooks/s",
-        "https://hooks.example.com:8443/webhooks/s",
         "https://hooks.example.com/webhooks/t",
+        "https://other.example.com/webhooks/s",
     ):
+        assert not PROVIDERS["twilio"].verify(request(body, headers, FORM, other), settings)
+    # Twilio's validators drop any port, but never add one other than the default.
+    headers = PROVIDERS["twilio"].sign(body, "https://hooks.example.com:8443/webhooks/s", settings)
+    for other in ("https://hooks.example.com:9443/webhooks/s", "https://hooks.example.com/webhooks/s"):
         assert not PROVIDERS["twilio"].verify(request(body, headers, FORM, other), settings)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from typing import Any
 
 import orjson
 
-KINDS = ("message", "status", "system")
+KINDS = ("message", "status", "call", "system")
 MESSAGE_TYPES = (
     "text",
     "image",
@@ -28,10 +29,15 @@ MESSAGE_TYPES = (
     "button",
     "reaction",
     "poll",
+    "poll_vote",
+    "edit",
+    "revoke",
+    "order",
     "unknown",
 )
 YEAR_10000 = 253_402_300_800  # epoch seconds; datetime's range ends just before
 STATUSES = ("pending", "sent", "delivered", "read", "played", "failed")
+CALL_STATUSES = ("offer", "ringing", "accepted", "rejected", "missed", "ended", "failed")
 # Order of outbound statuses; `failed` is terminal and handled apart.
 STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
 
@@ -57,6 +63,13 @@ class Event:
     media: dict[str, Any] | None = None
     status: str | None = None
     error: dict[str, Any] | None = None
+    ref_message_id: str | None = None  # the message a reaction, edit, revoke or vote acts on
+    reply_to: str | None = None  # the quoted message of a reply
+    from_lid: str | None = None  # the sender's WhatsApp LID, the full `…@lid` address
+    from_user_id: str | None = None  # Meta's business-scoped user id (BSUID)
+    poll: dict[str, Any] | None = None  # {question, options, votes}
+    call: dict[str, Any] | None = None  # {id, status, video, duration}
+    referral: dict[str, Any] | None = None  # the Click-to-WhatsApp ad, snake_case keys
     timestamp: str | None = None
     received_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +92,13 @@ class Event:
             "media": self.media,
             "status": self.status,
             "error": self.error,
+            "ref_message_id": self.ref_message_id,
+            "reply_to": self.reply_to,
+            "from_lid": self.from_lid,
+            "from_user_id": self.from_user_id,
+            "poll": self.poll,
+            "call": self.call,
+            "referral": self.referral,
             "timestamp": self.timestamp,
             "received_at": self.received_at,
             "raw": self.raw,
@@ -100,6 +120,28 @@ def new_media(
         "stored": None,
         "error": None,
     }
+
+
+def new_poll(
+    question: str | None = None, options: list[Any] | None = None, votes: list[str] | None = None
+) -> dict[str, Any]:
+    """The `poll` object: option names (or a provider's results as `[{name, votes}]`) and,
+    for a vote, the names chosen in it; what the provider does not say is null."""
+    return {"question": question, "options": options, "votes": votes}
+
+
+def new_call(
+    call_id: str | None, status: str | None, video: bool | None = None, duration: int | None = None
+) -> dict[str, Any]:
+    """The `call` object of a `kind = "call"` event (`status` one of `CALL_STATUSES`,
+    `duration` in seconds, `video` null when the provider does not say)."""
+    return {"id": call_id, "status": status, "video": video, "duration": duration}
+
+
+def snake_case(name: str) -> str:
+    """`sourceUrl`, `SourceURL`, `CtwaClid` -> `source_url`, `source_url`, `ctwa_clid`."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name)
+    return spaced.replace("-", "_").lower()
 
 
 def rfc3339(value: Any) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -119,8 +120,9 @@ class Fetcher:
         self._client.close()
         self._client.resolver.close()
 
-    def policy(self, provider: str, api_url: str | None) -> HostPolicy:
-        return HostPolicy.for_source(provider, api_url, self.allow)
+    def policy(self, provider_hosts: Iterable[str], api_url: str | None) -> HostPolicy:
+        """The hosts a source may fetch from: its provider's, its ``api_url``'s, the listed ones."""
+        return HostPolicy.for_source(provider_hosts, api_url, self.allow)
 
     async def download(
         self,

@@ -4,7 +4,8 @@ A payload names the URL to fetch, so a forged or hostile payload could point wah
 its own network (cloud metadata at 169.254.169.254, an admin port on 127.0.0.1). Two
 checks stop that, on every hop of a redirect chain:
 
-1. `HostPolicy.check_url`: the host must be one of the provider's own media hosts, the
+1. `HostPolicy.check_url`: the host must be one of the provider's own media hosts
+   (`Provider.media_hosts`, from its API docs), the
    source's configured ``api_url`` host, or listed in ``media.allow_hosts``. Plain ``http``
    is allowed only for the configured and listed hosts (a provider's public hosts must be
    reached over TLS, since credentials travel with the request).
@@ -30,16 +31,6 @@ from wahookd.media.errors import MediaRefused
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# Each provider's own media hosts (from their API docs): media URLs and API lookups go here.
-PROVIDER_HOSTS: dict[str, tuple[str, ...]] = {
-    "meta": ("graph.facebook.com", "lookaside.fbsbx.com", "*.fbsbx.com", "*.fbcdn.net"),
-    "wasender": ("mmg.whatsapp.net", "*.whatsapp.net"),
-    "evolution": ("mmg.whatsapp.net", "*.whatsapp.net"),
-    "twilio": ("api.twilio.com", "media.twiliocdn.com", "*.twiliocdn.com"),
-    "waha": (),
-    "standard": (),
-}
 
 
 def normalize_host(host: str) -> str:
@@ -113,12 +104,25 @@ class HostPolicy:
     allow: AllowList
 
     @classmethod
-    def for_source(cls, provider: str, api_url: str | None, allow: AllowList) -> HostPolicy:
+    def for_source(cls, provider_hosts: Iterable[str], api_url: str | None, allow: AllowList) -> HostPolicy:
+        """The policy of one source: its provider's own hosts (`Provider.media_hosts`), the
+        host of its ``api_url`` and the ``[media] allow_hosts`` list."""
         configured: tuple[str, ...] = ()
         if api_url:
-            host = urlsplit(api_url).hostname
+            try:
+                host = urlsplit(api_url).hostname
+            except ValueError:
+                host = None
             configured = (normalize_host(host),) if host else ()
-        return cls(PROVIDER_HOSTS.get(provider, ()), configured, allow)
+        hosts = tuple(normalize_host(host) for host in provider_hosts)
+        return cls(hosts, configured, allow)
+
+    def allows_host(self, host: str) -> bool:
+        """Whether `check_url` would let a URL on `host` through (scheme aside)."""
+        host = normalize_host(host)
+        if host in self.configured_hosts or self.allow.lists_host(host):
+            return True
+        return any(host_matches(host, pattern) for pattern in self.provider_hosts)
 
     def check_url(self, url: str) -> str:
         """The URL's host when the URL may be fetched; else `MediaRefused`."""

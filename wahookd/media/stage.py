@@ -6,7 +6,13 @@ downloads and stores each file, fills ``media.stored`` / ``sha256`` / ``size`` /
 ``mime_type`` / ``filename``, and hands the event back (`Journal.complete_media`), which
 releases it to the sinks. After ``media.max_attempts`` tries, or at once when retrying
 cannot help (a refused host, a failed MAC), the event is completed with ``media.error``
-so nothing waits forever. Events without media never enter this stage.
+so nothing waits forever. Events without media never enter this stage; an event whose
+media was already stored (or given up on) upstream, such as one relayed by another
+wahookd's ``forward`` sink, is handed back unchanged.
+
+The stage never branches on a provider's name: the event's provider (`Provider.media_hosts`
+and `Provider.fetch_media`) says where its files are and fetches them through the shared
+steps in `wahookd.media.retrieval`, behind the guard.
 
 Retry state lives in memory only: after a restart every event still pending in the
 journal is picked up again and retried from attempt zero. Storing is idempotent (the
@@ -20,15 +26,19 @@ import asyncio
 import contextlib
 import functools
 from collections import OrderedDict
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wahookd.media.errors import MediaError
 from wahookd.media.fetch import Fetcher
-from wahookd.media.retrieval import retrieve
+from wahookd.media.retrieval import MediaFetch, Retrieved
 from wahookd.media.store import MediaStore, bare_mime, make_store, object_key
 from wahookd.settings import Settings
+
+if TYPE_CHECKING:
+    from wahookd.providers import Provider
 
 # Events held in memory at once (downloading or waiting for a retry); the rest wait in
 # the journal, so memory stays bounded whatever the backlog (SPEC §9).
@@ -56,7 +66,9 @@ class MediaStage:
     """Downloads and stores the media of journaled events, then releases them to the sinks.
 
     The daemon constructs it, runs `run()` as a task, calls `wake()` after each journal
-    commit that had media events, and awaits `close()` at shutdown.
+    commit that had media events, and awaits `close()` at shutdown. `providers` are the
+    registered providers by name; without them the stage asks the plugin manager (built-in
+    and entry-point providers, as the daemon registers them) at its first media event.
     """
 
     def __init__(
@@ -66,8 +78,10 @@ class MediaStage:
         metrics: Any,
         log: Any,
         store: MediaStore | None = None,
+        providers: Mapping[str, Provider] | None = None,
     ) -> None:
         self.settings = settings
+        self.providers = providers
         self.journal = journal
         self.metrics = metrics
         self.log = log
@@ -166,7 +180,8 @@ class MediaStage:
         """All attempts for one event, then hand it back to the journal."""
         media = event.get("media")
         source = str(event.get("source") or "")
-        if not isinstance(media, dict):
+        if not isinstance(media, dict) or media.get("stored") is not None or media.get("error") is not None:
+            # Nothing to fetch, or settled upstream (an event relayed from another wahookd).
             await self._complete(seq, event)
             return
         attempt = 0
@@ -204,8 +219,28 @@ class MediaStage:
             )
             await asyncio.sleep(delay)
 
+    def provider(self, name: str) -> Provider | None:
+        """The registered provider called `name` (None when no plugin provides it)."""
+        if self.providers is None:
+            from wahookd.plugins import collect, get_plugin_manager
+
+            self.providers = collect(get_plugin_manager()).providers
+        return self.providers.get(name)
+
+    async def retrieve(self, event: dict[str, Any], source: str) -> Retrieved:
+        """The plaintext file of `event`, from its provider, behind the source's host policy."""
+        settings = self.settings.sources.get(source)
+        if settings is None:
+            raise MediaError("source is no longer configured")
+        name = str(event.get("provider") or settings.provider)
+        provider = self.provider(name)
+        if provider is None:
+            raise MediaError(f"no media retrieval for provider {name}")
+        policy = self.fetcher.policy(provider.media_hosts, settings.api_url)
+        return await provider.fetch_media(event, MediaFetch(settings, self.fetcher, policy, self.workdir))
+
     async def _attempt(self, seq: int, event: dict[str, Any], media: dict[str, Any], source: str) -> None:
-        retrieved = await retrieve(event, self.settings.sources.get(source), self.fetcher, self.workdir)
+        retrieved = await self.retrieve(event, source)
         try:
             mime = bare_mime(media.get("mime_type")) or bare_mime(retrieved.content_type)
             key = object_key(source, received_day(event), retrieved.sha256, mime)

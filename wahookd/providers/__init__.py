@@ -1,8 +1,12 @@
 """Provider interface: one module per WhatsApp API provider.
 
-A provider turns one verified HTTP request into normalized `Event`s. It never touches the
-journal, the network or the clock beyond what its scheme needs (Standard Webhooks' tolerance).
-Third parties add providers through the `wahookd_register_providers` hook.
+A provider owns everything provider-specific: it verifies one HTTP request, turns it into
+normalized `Event`s, names its media hosts (`media_hosts`) and fetches an event's media
+(`fetch_media`, through the shared steps in `wahookd.media.retrieval`). Parsing never touches
+the journal, the network or the clock beyond what its scheme needs (Standard Webhooks'
+tolerance); only `fetch_media` goes out, and only through the guarded fetcher it is given.
+Third parties add providers through the `wahookd_register_providers` hook, and get verification,
+parsing and media exactly as a built-in provider does.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from wahookd.events import Event
+    from wahookd.media.retrieval import MediaFetch, Retrieved
     from wahookd.settings import SourceSettings
 
 
@@ -39,9 +44,14 @@ class Reply:
 
 
 class Provider:
-    """Base class: override `verify` and `parse`; the rest has sensible defaults."""
+    """Base class: override `verify` and `parse`; the rest has sensible defaults. A provider
+    whose events carry `media` also sets `media_hosts` and overrides `fetch_media`."""
 
     name: ClassVar[str] = ""
+    # The provider's own media hosts (from its API docs), where media URLs and lookups may go;
+    # `*.example.com` matches any subdomain. The media stage adds the source's `api_url` host
+    # and `[media] allow_hosts`; anything else is refused (the SSRF guard, `wahookd.media.guard`).
+    media_hosts: ClassVar[tuple[str, ...]] = ()
     # True when the signature covers the URL (Twilio): only then is the public URL rebuilt.
     signs_url: ClassVar[bool] = False
     # Content types this provider's webhooks use; anything else is 415.
@@ -64,6 +74,25 @@ class Provider:
         connected, False when it says it is not, None when it says nothing about it. Feeds
         `wahookd_session_up{source}`."""
         return None
+
+    async def fetch_media(self, event: dict[str, Any], fetch: MediaFetch) -> Retrieved:
+        """Download the file `event["media"]` describes into `fetch`'s scratch directory.
+
+        `event` is the journaled event (`raw` is what `parse` put there); `fetch` carries the
+        source's settings (credentials such as `access_token`, `api_key`, `api_url`), the host
+        policy and the guarded fetcher. Use the functions of `wahookd.media.retrieval`
+        (`download`, `get_json`, `download_encrypted`, `save_base64`) and raise
+        `wahookd.media.errors.MediaError` (`retry=True` when another attempt can help). Called by
+        the media stage, off the request path, once per attempt. Example::
+
+            async def fetch_media(self, event, fetch):
+                url = event["raw"]["file_url"]
+                token = fetch.source.api_key.get_secret_value()
+                return await retrieval.download(fetch, url, {"Authorization": f"Bearer {token}"})
+        """
+        from wahookd.media.errors import MediaError
+
+        raise MediaError(f"no media retrieval for provider {self.name}")
 
     @property
     def has_handshake(self) -> bool:

@@ -8,11 +8,13 @@ base64-decoded; a secret that is not base64 is used as its raw bytes). The signe
 from now, in either direction, fails, so captured requests cannot be replayed later.
 
 Mapping (one request is one event; id = `webhook-id`, `raw` = the whole body):
-- the body is usually an envelope `{"type", "timestamp", "data"}`; `data` is read, or the
-  body itself when there is no object `data`;
-- `data` that already is a SPEC §4 event (has `kind` message/status/system, as a forwarded
-  wahookd event does) keeps its normalized fields; its `media` is not re-downloaded (the
-  upstream stored it; its description stays in `raw`), so `media` is null;
+- a body that already is a SPEC §4 event (it has `kind` message/status/call/system: what
+  wahookd's `forward` sink sends, the event itself) keeps every normalized field exactly as
+  sent, `event`, `timestamp` and `media` included (the media stage does not fetch media that
+  was stored upstream); only `id`, `source`, `provider`, `received_at` and `raw` are this
+  daemon's own. The same holds for such an event as the `data` of an envelope;
+- otherwise the body is usually an envelope `{"type", "timestamp", "data"}`; `data` is read,
+  or the body itself when there is no object `data`;
 - otherwise `data.status` being a SPEC status with a message id makes a `status` event; a
   `type` starting with `message` (or `data.text`/`data.body`) makes a `message` event with
   `message_id` = `data.message_id`/`data.id`, `text` = `data.text`/`data.body`, `type` =
@@ -107,11 +109,12 @@ class StandardProvider(Provider):
     def parse(self, request: InboundRequest, source_name: str, source: SourceSettings) -> list[Event]:
         body = load_json_object(request.body)
         msg_id = header(request.headers, "webhook-id") or content_id("standard", body)
+        forwarded = body.get("kind") in KINDS  # a wahookd event, not an envelope
         name = text(body.get("type")) or "webhook"
-        data = as_object(body.get("data"), body)
+        data = body if forwarded else as_object(body.get("data"), body)
         event = Event(id=msg_id, source=source_name, provider="standard", kind="system", event=name, raw=body)
         event.timestamp = (
-            timestamp(body.get("timestamp"))
+            (None if forwarded else timestamp(body.get("timestamp")))
             or timestamp(data.get("timestamp"))
             or timestamp(header(request.headers, "webhook-timestamp"))
         )
@@ -168,21 +171,42 @@ def _message_id(data: dict[str, Any]) -> str | None:
     return ident(data.get("message_id")) or ident(data.get("id"))
 
 
+# The normalized fields a relayed wahookd event keeps, by their JSON type.
+ADOPTED_TEXT = (
+    "message_id",
+    "chat_id",
+    "to",
+    "sender_name",
+    "text",
+    "ref_message_id",
+    "reply_to",
+    "from_lid",
+    "from_user_id",
+)
+ADOPTED_OBJECTS = ("media", "error", "poll", "call", "referral")
+
+
 def _adopt(event: Event, data: dict[str, Any]) -> None:
-    """Keep the normalized fields of a forwarded SPEC §4 event (types checked, not trusted)."""
+    """Keep every normalized field of a relayed SPEC §4 event exactly as sent (types checked,
+    not trusted: a field of the wrong JSON type is null)."""
     event.kind = data["kind"]
-    event.message_id = ident(data.get("message_id"))
-    event.chat_id = text(data.get("chat_id"))
-    event.sender = text(data.get("from"))
-    event.to = text(data.get("to"))
+    if isinstance(data.get("event"), str):
+        event.event = data["event"]
+    for name in ADOPTED_TEXT:
+        value = data.get(name)
+        setattr(event, name, value if isinstance(value, str) else None)
+    for name in ADOPTED_OBJECTS:
+        value = data.get(name)
+        setattr(event, name, value if isinstance(value, dict) else None)
+    sender = data.get("from")
+    event.sender = sender if isinstance(sender, str) else None
     event.from_me = flag(data.get("from_me"))
-    event.sender_name = text(data.get("sender_name"))
     event.type = data.get("type") if data.get("type") in MESSAGE_TYPES else None
-    event.text = text(data.get("text"))
     event.status = data.get("status") if data.get("status") in STATUSES else None
-    error = data.get("error")
-    event.error = error if isinstance(error, dict) else None
-    event.timestamp = timestamp(data.get("timestamp")) or event.timestamp
+    if "timestamp" in data:
+        # Exactly as the upstream wrote it (RFC 3339 already, or null); a number is converted.
+        moment = data["timestamp"]
+        event.timestamp = moment if isinstance(moment, str) else timestamp(moment)
     if event.kind == "message" and event.type is None:
         event.type = "unknown"
     if event.kind == "status" and event.status is None:

@@ -9,12 +9,18 @@ HMAC_SHA256` and signs the same string with HMAC-SHA256 and the Setting's shared
 (configure that key as one of the source's secrets).
 
 Twilio signs the URL it called: behind a proxy the core rebuilds it from trusted
-`X-Forwarded-Proto/Host` or `public_url`; Twilio's own SDKs accept it with and without the
-default port (`:443`/`:80`), and so do we.
+`X-Forwarded-Proto/Host` or `public_url`. Twilio's own validators (`RequestValidator` in its
+SDKs) try the URL as given, with its port removed, whatever the port (`https://host:8443/x`
+also validates as `https://host/x`), and with the default port (`:443`/`:80`) added when it
+has none; so do we.
 
 `raw` is the flat dict of the form fields (strings). Inbound messages become `message`
-events (id `MessageSid`), status callbacks (`MessageStatus` other than `received`) become
-`status` events (id `MessageSid:status`, `error` from `ErrorCode`/`ErrorMessage`).
+events (id `MessageSid`; `reply_to` from `OriginalRepliedMessageSid`; `referral` from the
+Click-to-WhatsApp `Referral*` parameters in snake_case), status callbacks (`MessageStatus`
+other than `received`) become `status` events (id `MessageSid:status`, `error` from
+`ErrorCode`/`ErrorMessage`). Media: `MediaUrl0` with HTTP basic auth (the message's
+AccountSid and the source's `access_token`, else its auth token), following Twilio's redirect
+to its CDN (credentials are never sent to another origin).
 The 200 answer is an empty TwiML `<Response/>` as `text/xml`.
 """
 
@@ -23,13 +29,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from wahookd.errors import ParseError
-from wahookd.events import Event, content_id, dump_json, new_media, phone_digits
-from wahookd.providers import InboundRequest, Provider, Reply
+from wahookd.events import Event, content_id, dump_json, new_media, phone_digits, snake_case
+from wahookd.media import retrieval
+from wahookd.media.errors import MediaError
+from wahookd.media.retrieval import MediaFetch, Retrieved, secret_text
+from wahookd.providers import InboundRequest, Provider, Reply, get_path
 from wahookd.providers.payload import form_pairs, header, integer, load_form, load_json_object, text
 from wahookd.settings import SourceSettings
 
@@ -81,25 +91,23 @@ def signature_of(secret: bytes, url: str, params: list[tuple[str, str]], algorit
 
 
 def url_variants(url: str) -> list[str]:
-    """The URL as given, plus with the default port added or removed."""
+    """The URL as given, without its port (any port, as Twilio's validators try it), and with
+    the default port added when it has none."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
         return [url]
-    default = DEFAULT_PORTS.get(parts.scheme)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
     userinfo = parts.netloc.rpartition("@")[0]
     prefix = userinfo + "@" if userinfo else ""
     variants = [url]
-    if default is None:
-        return variants
-    if port is None:
-        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}")))
-    elif port == default:
+    if port is not None:
         variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}")))
+    elif (default := DEFAULT_PORTS.get(parts.scheme)) is not None:
+        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}")))
     return variants
 
 
@@ -116,6 +124,8 @@ def algorithm_of(settings_header: str | None) -> str | None:
 
 class TwilioProvider(Provider):
     name = "twilio"
+    # Media URLs are on the REST API, which redirects to Twilio's CDN.
+    media_hosts = ("api.twilio.com", "media.twiliocdn.com", "*.twiliocdn.com")
     signs_url = True  # the core rebuilds the public URL only for such providers
     content_types = frozenset({FORM, "application/json"})
 
@@ -164,6 +174,20 @@ class TwilioProvider(Provider):
         else:
             fields = load_form(request.body)
         return [_event(source_name, fields)]
+
+    async def fetch_media(self, event: dict[str, Any], fetch: MediaFetch) -> Retrieved:
+        raw = event.get("raw")
+        url = get_path(raw, "MediaUrl0")
+        if not isinstance(url, str) or not url:
+            raise MediaError("no MediaUrl0 in the message")
+        headers: dict[str, str] = {}
+        account = get_path(raw, "AccountSid")
+        secrets = fetch.source.secret_values()
+        password = secret_text(fetch.source.access_token) or (secrets[0].decode() if secrets else None)
+        if isinstance(account, str) and re.fullmatch(r"AC[0-9a-fA-F]{32}", account) and password:
+            token = base64.b64encode(f"{account}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        return await retrieval.download(fetch, url, headers)
 
     def reply(self, accepted: int, duplicates: int) -> Reply | None:
         return Reply("text/xml; charset=utf-8", TWIML_EMPTY)
@@ -254,11 +278,18 @@ def _event(source_name: str, fields: dict[str, str]) -> Event:
             event="message",
             raw=fields,
         )
-        event.sender = phone_digits(text(fields.get("From")))
+        sender = text(fields.get("From"))
+        event.sender = phone_digits(sender)
+        user_id = business_user_id(sender)
+        if user_id is not None:
+            # A user known only by a business-scoped user id (no phone number to give).
+            event.sender, event.from_user_id = None, user_id
         event.to = phone_digits(text(fields.get("To")))
-        event.chat_id = event.sender
+        event.chat_id = event.sender or user_id
         event.from_me = False
         event.sender_name = text(fields.get("ProfileName"))
+        event.reply_to = text(fields.get("OriginalRepliedMessageSid"))
+        event.referral = referral_of(fields)
         event.text = text(fields.get("Body"))
         event.type, event.media = _content(fields)
         event.text = event.text or text(fields.get("ButtonText"))
@@ -266,6 +297,25 @@ def _event(source_name: str, fields: dict[str, str]) -> Event:
             event.text = event.text or text(fields.get("Label")) or text(fields.get("Address"))
     event.message_id = sid
     return event
+
+
+def business_user_id(address: str | None) -> str | None:
+    """A business-scoped user id (`US.13491208655302741918`) where a phone number would be."""
+    if not address:
+        return None
+    bare = address.removeprefix("whatsapp:")
+    return bare if re.fullmatch(r"[A-Z]{2}\.[A-Za-z0-9.]+", bare) else None
+
+
+def referral_of(fields: dict[str, str]) -> dict[str, Any] | None:
+    """The Click-to-WhatsApp `Referral*` parameters in snake_case (`ReferralSourceUrl` ->
+    `source_url`, `ReferralCtwaClid` -> `ctwa_clid`), or None when there are none."""
+    found = {
+        snake_case(name.removeprefix("Referral")): value
+        for name, value in fields.items()
+        if name.startswith("Referral") and len(name) > len("Referral") and value != ""
+    }
+    return found or None
 
 
 def _content(fields: dict[str, str]) -> tuple[str, dict[str, Any] | None]:
