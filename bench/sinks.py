@@ -6,8 +6,8 @@ One run, on this machine:
    distinct signed Wasender webhooks from wrk (core 1, 50 connections) for `--seconds`;
    its requests/s is the rate to keep up with, and the journal it leaves is the backlog.
 2. **Each sink**: a copy of that journal, the sink's position set back to 0, and a daemon
-   with only that sink (core 0; the forward receiver on core 1, PostgreSQL where the system
-   runs it): events/s from start until the position reaches the journal's end.
+   with only that sink (core 0; the forward receiver, bench/receiver.py, on core 1;
+   PostgreSQL where the system runs it): events/s from start until the position reaches the journal's end.
 
     .venv/bin/python bench/sinks.py [--seconds 10] [--only file,forward,sql-sqlite,sql-postgres]
         [--forward-concurrency 1,4,16,64] [--tree DIR]
@@ -213,7 +213,7 @@ def main() -> None:
     prefix = f"bench_{secrets.token_hex(3)}_"
     receiver_port = free_port()
     receiver = subprocess.Popen(
-        ["taskset", "-c", "1", sys.executable, str(HERE / "bare_server.py"), str(receiver_port)]
+        ["taskset", "-c", "1", sys.executable, str(HERE / "receiver.py"), str(receiver_port)]
     )
     results: dict[str, dict[str, float]] = {}
     try:
@@ -225,8 +225,15 @@ def main() -> None:
             f"{intake['non2xx']:.0f} non-2xx, {intake['cpu_us']:.0f} us CPU each); journal end {end}",
             flush=True,
         )
-        with urllib.request.urlopen(f"http://127.0.0.1:{receiver_port}/webhooks/ping", data=b"{}", timeout=5):
-            pass
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{receiver_port}/ping", data=b"{}", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         url = f"http://127.0.0.1:{receiver_port}/webhooks/receiver"
         for case in cases(only, concurrencies, workdir, prefix, url):
             results[case.name] = deliver(full, case, workdir / case.name, args.tree, args.timeout)

@@ -91,7 +91,8 @@ def forget_event(contact: str) -> dict[str, Any]:
         provider="wahookd",
         kind="system",
         event=FORGET_EVENT,
-        raw=None,
+        # What a sink needs to erase too: every spelling of the contact its events use.
+        raw={"contact": contact, "addresses": list(contact_addresses(contact))},
         sender=contact,
         timestamp=now,
         received_at=now,
