@@ -228,11 +228,11 @@ def _content(key: str, part: dict[str, Any]) -> Content:
 
 def _protocol(part: dict[str, Any], depth: int) -> Content:
     """An edit or a deletion for everyone (other protocol messages are bookkeeping)."""
-    kind = part.get("type")
+    number, name = integer(part.get("type")), (text(part.get("type")) or "").upper()
     target = ident(get_path(part, "key", "id"))
-    if kind in PROTOCOL_REVOKE:
+    if number in PROTOCOL_REVOKE or name in PROTOCOL_REVOKE:
         return Content("revoke", None, ref_message_id=target)
-    if kind in PROTOCOL_EDIT or isinstance(part.get("editedMessage"), dict):
+    if number in PROTOCOL_EDIT or name in PROTOCOL_EDIT or isinstance(part.get("editedMessage"), dict):
         edited = classify(part.get("editedMessage"), depth + 1) if depth < 2 else Content("unknown")
         return Content("edit", edited.text, ref_message_id=target)
     return Content("unknown")
