@@ -5,6 +5,10 @@
 - `make_context(...)` builds the `SinkContext` wahookd would pass to a sink factory, and
   `build_sink(spec, options, ...)` validates options with the spec's model and builds the
   sink the way the daemon does; `run_sink(...)` drives start → deliver* → flush → close.
+- `SinkConformance` is the conformance suite (SPEC §6): subclass it in a test module, set
+  `plugin`, define `options(tmp_path)` and `read_back()`, and pytest checks every delivery
+  promise against the real target (see `wahookd.conformance`). `TcpProxy` stands between a
+  sink and a network service so `break_target()` can cut it.
 
 Example::
 
@@ -18,11 +22,15 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
+import struct
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,7 +41,34 @@ from wahookd.hookspecs import Sink, SinkContext, SinkSpec, hookimpl
 from wahookd.lifecycle import Failure, SinkHandle
 from wahookd.settings import describe_errors
 
+if TYPE_CHECKING:
+    from wahookd.conformance import SinkConformance
+
+__all__ = [
+    "CAPTURE_SPEC",
+    "CaptureOptions",
+    "CapturePlugin",
+    "CaptureSink",
+    "SinkConformance",
+    "TcpProxy",
+    "build_sink",
+    "make_context",
+    "make_event",
+    "make_status",
+    "raise_failure",
+    "run_sink",
+]
+
 _counter = itertools.count(1)
+
+
+def __getattr__(name: str) -> Any:
+    # The suite imports pytest; loaded on first use, so `wahookd.testing` itself does not.
+    if name == "SinkConformance":
+        from wahookd.conformance import SinkConformance
+
+        return SinkConformance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_event(**overrides: Any) -> dict[str, Any]:
@@ -61,6 +96,13 @@ def make_event(**overrides: Any) -> dict[str, Any]:
         "media": None,
         "status": None,
         "error": None,
+        "ref_message_id": None,
+        "reply_to": None,
+        "from_lid": None,
+        "from_user_id": None,
+        "poll": None,
+        "call": None,
+        "referral": None,
         "timestamp": now_rfc3339(),
         "received_at": now_rfc3339(),
         "raw": {"key": {"id": message_id}, "message": {"conversation": f"test message {number}"}},
@@ -214,3 +256,114 @@ class CapturePlugin:
     @hookimpl
     def wahookd_register_sinks(self) -> list[SinkSpec]:
         return [CAPTURE_SPEC]
+
+
+class TcpProxy:
+    """A TCP relay from ``127.0.0.1:<port>`` to a real service, so a test can take the
+    service away from a sink and give it back (`SinkConformance.break_target`)::
+
+        def options(self, tmp_path):
+            self.proxy = TcpProxy("127.0.0.1", 6379)
+            return {"url": f"redis://127.0.0.1:{self.proxy.port}/0"}
+
+        def break_target(self):
+            self.proxy.cut()
+
+        def heal_target(self):
+            self.proxy.restore()
+
+    `cut()` resets every open connection and refuses new ones, as a service that went
+    down; `restore()` relays again. A proxy made during a conformance check is closed after
+    it; elsewhere call `close()` (or use it as a context manager).
+    """
+
+    live: ClassVar[set[TcpProxy]] = set()  # proxies not closed yet
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._cut = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        TcpProxy.live.add(self)
+        threading.Thread(target=self._accept, name=f"tcp-proxy:{self.port}", daemon=True).start()
+
+    def cut(self) -> None:
+        """Reset every relayed connection and refuse new ones until `restore()`."""
+        with self._lock:
+            self._cut = True
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            self._reset(sock)
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        TcpProxy.live.discard(self)
+
+    def __enter__(self) -> TcpProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _reset(sock: socket.socket) -> None:
+        # SO_LINGER 0: close() sends RST, as a peer that crashed; shutdown() wakes the pump.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                refuse = self._cut
+            if refuse:
+                self._reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                self._reset(client)
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._cut:
+                    self._reset(client)
+                    self._reset(upstream)
+                    continue
+                self._sockets.update((client, upstream))
+            done = threading.Semaphore(0)  # the second pump to finish closes the pair
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink, done), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, done: threading.Semaphore) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+        if done.acquire(blocking=False):
+            with self._lock:
+                self._sockets.difference_update((source, sink))
+            source.close()
+            sink.close()
+        else:
+            done.release()
