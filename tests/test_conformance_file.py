@@ -18,7 +18,7 @@ class TestFileSinkConformance(SinkConformance):
         return {"path": str(self.path)}
 
     def read_back(self) -> list[dict[str, Any]]:
-        files = sorted(self.directory.glob("events.jsonl.*"), reverse=True) + [self.path]
+        files = [*sorted(self.directory.glob("events.jsonl.*"), reverse=True), self.path]
         return [load_json(line) for file in files if file.exists() for line in file.read_bytes().splitlines()]
 
     # The directory gives way to a plain file: every open() under it fails, as on a lost mount.
