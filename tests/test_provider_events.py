@@ -110,7 +110,7 @@ def test_waha_message_under_c_us_and_under_lid_is_one_event() -> None:
 
 
 def test_waha_acks_of_one_message_under_two_addresses_are_one_event() -> None:
-    ack = {
+    ack: dict[str, Any] = {
         "event": "message.ack",
         "session": "default",
         "payload": {"fromMe": True, "ack": 3, "ackName": "READ"},

@@ -31,7 +31,7 @@ from wahookd.media import retrieval
 from wahookd.media.decrypt import INFO_BY_MESSAGE, decode_b64
 from wahookd.media.errors import MediaError, MediaIntegrityError
 from wahookd.providers import get_path
-from wahookd.providers.payload import flag, ident, integer, text
+from wahookd.providers.payload import as_object, flag, ident, integer, text
 
 if TYPE_CHECKING:
     from wahookd.media.retrieval import MediaFetch, Retrieved
@@ -188,7 +188,7 @@ def classify(message: Any, depth: int = 0) -> Content:
         return Content("text", text(body))
     if key == "protocolMessage":
         return _protocol(part, depth)
-    context = part.get("contextInfo") if isinstance(part.get("contextInfo"), dict) else {}
+    context = as_object(part.get("contextInfo"))
     found = _content(key, part)
     found.reply_to = ident(context.get("stanzaId"))
     found.referral = ad_referral(context.get("externalAdReply"))
