@@ -146,6 +146,13 @@ def kill_and_redeliver(run: Run) -> None:
     run.run(restart)
 
 
+NOTHING_FAILED = (
+    "neither deliver() nor flush() failed while the target was broken (break_target()): the sink "
+    "acknowledged events the target cannot have stored, so let the target's errors reach wahookd "
+    "as DeliveryError."
+)
+
+
 def check_retryable(failure: Failure, where: str) -> None:
     if failure.permanent:
         fail(
@@ -176,11 +183,7 @@ async def unreachable(run: Run) -> None:
             where = "flush()"
             failure = await run.attempt(handle, "flush")
         if failure is None:
-            fail(
-                "neither deliver() nor flush() failed while the target was broken (break_target()): "
-                "the sink acknowledged an event the target cannot have stored, so let the target's "
-                "errors reach wahookd as DeliveryError."
-            )
+            fail(NOTHING_FAILED)
         check_retryable(failure, where)
     finally:
         await asyncio.to_thread(heal_target)
@@ -207,6 +210,8 @@ async def outage(run: Run) -> None:
                 check_retryable(failure, "flush()")
     finally:
         await asyncio.to_thread(heal_target)
+    if not failed and not flush_failed:
+        fail(NOTHING_FAILED)
     # As wahookd retries with concurrency > 1: a failed delivery again, a failed flush alone.
     for event in failed:
         await run.until_ok(handle, "deliver", event)

@@ -296,17 +296,13 @@ def unicode_events(tag: str) -> list[dict[str, Any]]:
 
 
 def big_event(tag: str) -> dict[str, Any]:
-    """One event whose JSON is 3 MB (the largest body wahookd accepts by default), mixed
-    ASCII and multi-byte text in `raw` and a long `text`."""
+    """One event whose JSON is 3 MB (the largest body wahookd accepts by default): a long
+    `text`, and in `raw` one string of several megabytes (a provider's inline thumbnail or
+    document text), mixed ASCII and multi-byte."""
     unit = "wahookd conformance ✓ ünïcödé 🧪 0123456789 "
     event = blank_event(tag, "big/3mb", text=unit * 2000)
-    size = len(dump_json(event))
-    piece = unit * 1000
-    chunks = []
-    while size < THREE_MB:
-        chunks.append(piece)
-        size += len(piece.encode()) + 3
-    event["raw"] = {"key": {"id": "big"}, "chunks": chunks}
+    room = THREE_MB - len(dump_json(event))
+    event["raw"] = {"key": {"id": "big"}, "blob": unit * (room // len(unit.encode()) + 1)}
     return as_delivered([event])[0]
 
 
