@@ -236,3 +236,19 @@ async def test_a_sink_down_at_boot_starts_later_and_the_others_do_not_wait(tmp_p
     await stop(w1, t1)
     await stop(w2, t2)
     await journal.close()
+
+
+async def test_a_concurrent_sink_never_idles_with_a_backlog(tmp_path: Path) -> None:
+    # Completions were handled after the next dispatch, so each round of `concurrency`
+    # deliveries sat out the 0.2 s save timer: ~20 events/s from a full journal.
+    journal = Journal(tmp_path, durable=False, dedupe_capacity=100_000)
+    journal.open()
+    for batch in range(10):
+        await journal.commit([event(f"b{batch}-{n}") for n in range(500)])
+    sink = Recorder()
+    worker, task = await start(journal, "crm", sink, concurrency=4)
+    worker.cursor = 0  # the whole journal is its backlog
+    await settle(worker, timeout=30)
+    assert len(sink.got) == 5000
+    await stop(worker, task)
+    await journal.close()

@@ -404,6 +404,17 @@ class SinkWorker:
                         enqueue(self._lane(event), ready, event)
                     else:
                         settled.add(ready.dseq)
+            for task in [task for task in tasks if task.done()]:
+                lane, ready, event = tasks.pop(task)
+                busy.discard(lane)
+                if not task.cancelled() and task.exception() is None and task.result():
+                    settled.add(ready.dseq)
+                    if lane in waiting and lane not in runnable:
+                        runnable.append(lane)
+                else:  # stopping mid-retry (or a bug, logged by the task): it goes again later
+                    if not task.cancelled() and task.exception() is not None:
+                        self.log.error("sink_task_failed", error=repr(task.exception()))
+                    enqueue(lane, ready, event, first=True)
             while runnable and len(tasks) < self.table.concurrency and not self.operator_paused:
                 lane = runnable.popleft()
                 lane_events = waiting[lane]
@@ -419,17 +430,6 @@ class SinkWorker:
                 )
                 task.add_done_callback(lambda _: self._wake.set())
                 tasks[task] = (lane, ready, event)
-            for task in [task for task in tasks if task.done()]:
-                lane, ready, event = tasks.pop(task)
-                busy.discard(lane)
-                if not task.cancelled() and task.exception() is None and task.result():
-                    settled.add(ready.dseq)
-                    if lane in waiting and lane not in runnable:
-                        runnable.append(lane)
-                else:  # stopping mid-retry (or a bug, logged by the task): it goes again later
-                    if not task.cancelled() and task.exception() is not None:
-                        self.log.error("sink_task_failed", error=repr(task.exception()))
-                    enqueue(lane, ready, event, first=True)
             while order and order[0][0] in settled:
                 settled.discard(order[0][0])
                 position = order.popleft()[0]
