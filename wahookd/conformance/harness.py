@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import select
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -249,10 +251,20 @@ def read_line(child: subprocess.Popen[bytes], timeout: float) -> str:
 def run_kill_child(job_path: str) -> None:
     """The process the kill check SIGKILLs: start, deliver and flush the first batch,
     deliver the second, say so, and wait to be killed."""
+    # The parent reads one line from our stdout; whatever else writes there (a sink's
+    # logs, a print) goes to stderr instead.
+    report = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+
+    def say(line: str) -> None:
+        report.write(line + "\n")
+        report.flush()
+
     job = json.loads(Path(job_path).read_text())
     found = find_sink_spec(job["plugin"])
     if isinstance(found, str):
-        print(f"failed: {found}", flush=True)
+        say(f"failed: {found}")
         return
     flushed = load_json(Path(job["flushed"]).read_bytes())
     unflushed = load_json(Path(job["unflushed"]).read_bytes())
@@ -267,12 +279,12 @@ def run_kill_child(job_path: str) -> None:
         for method, args in steps:
             failure = await asyncio.wait_for(getattr(handle, method)(*args), job["timeout"])
             if failure is not None:
-                print(f"failed: {method}(): {brief(failure.error)}", flush=True)
+                say(f"failed: {method}(): {brief(failure.error)}")
                 return
-        print("delivered", flush=True)
+        say("delivered")
         await asyncio.sleep(3600)  # the parent kills us here
 
     try:
         asyncio.run(main())
     except Exception as exc:  # reported to the parent, which fails the check with it
-        print(f"failed: {type(exc).__name__}: {exc}", flush=True)
+        say(f"failed: {type(exc).__name__}: {brief(str(exc))}")
