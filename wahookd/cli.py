@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fsck = command("fsck", "check the journal: exit 0 when sound, 1 with one line per problem")
     fsck.add_argument("--repair", action="store_true", help="fix what can be fixed without losing an event")
+
+    new_sink_help = "write a sink plugin distribution wahookd-NAME whose tests run the conformance suite"
+    new_sink = commands.add_parser("new-sink", help=new_sink_help, description=new_sink_help)
+    new_sink.add_argument("name", metavar="NAME", help='the sink name users will write as plugin = "NAME"')
+    new_sink.add_argument("--dir", default=".", help="where to write wahookd-NAME/ (default: here)")
     return parser
 
 
@@ -116,6 +121,10 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from wahookd.fsck import run_fsck
 
         return run_fsck
+    if command == "new-sink":
+        from wahookd.newsink import run_new_sink
+
+        return run_new_sink
     from wahookd import admin
 
     commands = {
