@@ -331,11 +331,17 @@ class SinkWorker:
 
     async def _in_order(self) -> bool:
         """One event at a time, in journal order: the default, without a task per event.
-        False when stopped; True when a reload asked for concurrency or chat ordering."""
+        False when stopped; True when a reload asked for concurrency or chat ordering.
+
+        The position is recorded (flush, then cursor) when the sink has caught up, or every
+        `SAVE_SECONDS` while it is busy: a flush per small batch under load was a flush and a
+        thread hand-over per few events, on the loop the intake shares."""
+        delivered = self.cursor  # what the sink has taken; `self.cursor` is what is saved
+        last_save = time.monotonic()
         while True:
             self._wake.clear()
             try:
-                batch = await self.journal.read_ready(self.cursor, BATCH)
+                batch = await self.journal.read_ready(delivered, BATCH)
             except JournalError as exc:
                 self.log.error("journal_read_failed", error=str(exc))
                 if await self._sleep_or_stop(1.0):
@@ -344,25 +350,37 @@ class SinkWorker:
             self._count_backlog()
             self._pending_since = received_epoch(batch[0].body) if batch else None
             if not batch:
+                if delivered > self.cursor:
+                    if not await self._save(delivered):
+                        delivered = self.cursor  # the sink lost them: deliver them again
+                        if await self._sleep_or_stop(1.0):
+                            return False
+                        continue
+                    last_save = time.monotonic()
                 if self._stopping.is_set():
                     return False
+                if self.table.concurrency != 1 or self.table.ordering != "none":
+                    return True
                 self.idle.set()
                 await self._wake.wait()
                 continue
             self.idle.clear()
-            done = self.cursor
             for ready in batch:
                 if not await self._deliver(ready, load_json(ready.body)):
                     break
-                done = ready.dseq
-            if done > self.cursor and not await self._save(done):
-                if await self._sleep_or_stop(1.0):
-                    return False
-                continue
-            if done < batch[-1].dseq:  # stopped while an event waited for a retry
+                delivered = ready.dseq
+            stopped = delivered < batch[-1].dseq  # stopping while an event waited for a retry
+            if delivered > self.cursor and (stopped or time.monotonic() - last_save >= SAVE_SECONDS):
+                if not await self._save(delivered):
+                    delivered = self.cursor
+                    if await self._sleep_or_stop(1.0):
+                        return False
+                    continue
+                last_save = time.monotonic()
+            if stopped:
                 return False
-            if self.table.concurrency != 1 or self.table.ordering != "none":
-                return True
+            if self.table.concurrency != 1 or self.table.ordering != "none":  # a reload
+                return delivered <= self.cursor or await self._save(delivered)
 
     async def _in_lanes(self) -> None:
         """Up to `concurrency` events in flight; with `ordering = "chat"` one per chat, in
@@ -411,10 +429,13 @@ class SinkWorker:
                     settled.add(ready.dseq)
                     if lane in waiting and lane not in runnable:
                         runnable.append(lane)
-                else:  # stopping mid-retry (or a bug, logged by the task): it goes again later
-                    if not task.cancelled() and task.exception() is not None:
-                        self.log.error("sink_task_failed", error=repr(task.exception()))
+                elif not task.cancelled() and task.exception() is not None:  # a bug: try again
+                    self.log.error("sink_task_failed", error=repr(task.exception()))
                     enqueue(lane, ready, event, first=True)
+                elif self.table.ordering == "chat":
+                    # Stopping mid-retry: it goes after the next start, unsettled, so the
+                    # cursor stays before it; nothing of its chat may overtake it meanwhile.
+                    busy.add(lane)
             while runnable and len(tasks) < self.table.concurrency and not self.operator_paused:
                 lane = runnable.popleft()
                 lane_events = waiting[lane]
