@@ -21,7 +21,6 @@ import re
 import secrets
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -96,31 +95,29 @@ def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
 
 
 def prefill(state_dir: Path, keys: int) -> None:
-    from wahookd.journal import Journal
+    from wahookd.journal import Journal, open_store
 
     journal = Journal(state_dir)
     journal.open()
-    journal.close_blocking()  # the schema is made; fill the table directly
-    conn = sqlite3.connect(state_dir / "journal.db")
+    journal.close_blocking()  # the schema is made; fill the index directly
+    store = open_store(state_dir, write=True)
     batch = 100_000
     for start in range(0, keys, batch):
-        conn.executemany(
-            "INSERT OR IGNORE INTO dedupe (key, used) VALUES (?, ?)",
-            ((secrets.token_bytes(16), start + i) for i in range(min(batch, keys - start))),
-        )
-        conn.commit()
-    conn.close()
+        store.fill_dedupe((secrets.token_bytes(16), start + i) for i in range(min(batch, keys - start)))
+    store.close()
 
 
 def dedupe_lookup_us(state_dir: Path, probes: int = 20_000) -> float:
     """Average time of one dedupe index lookup (a miss) at the index's current size."""
-    conn = sqlite3.connect(state_dir / "journal.db")
+    from wahookd.journal import open_store
+
+    store = open_store(state_dir)
     keys = [secrets.token_bytes(16) for _ in range(probes)]
     began = time.perf_counter()
     for key in keys:
-        conn.execute("SELECT 1 FROM dedupe WHERE key = ?", (key,)).fetchone()
+        store.has_dedupe_key(key)
     elapsed = time.perf_counter() - began
-    conn.close()
+    store.close()
     return elapsed / probes * 1e6
 
 

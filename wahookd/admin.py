@@ -12,15 +12,14 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from wahookd.delivery import build_sink, sink_context
-from wahookd.errors import ConfigError, WahookdError
-from wahookd.journal import JOURNAL_FILE, paused_sinks, set_pause
+from wahookd.errors import ConfigError, JournalError, WahookdError
+from wahookd.journal import JournalMaintenance, JournalReader, open_store
 from wahookd.log import configure_logging
 from wahookd.plugins import collect, get_plugin_manager
 from wahookd.replay import ReplayResult, parse_since, replay_sink
@@ -30,33 +29,10 @@ from wahookd.statelock import RELOAD_RESULT, holder_pid
 # -- the journal, opened beside a running daemon -----------------------------------
 
 
-def open_journal(state_dir: Path, *, write: bool = False) -> sqlite3.Connection:
-    """Open ``<state_dir>/journal.db``; read-only unless `write`. Missing → `WahookdError`."""
-    path = state_dir / JOURNAL_FILE
-    if not path.exists():
-        raise WahookdError(
-            f"no journal at {path}: wahookd has not run with this state directory yet "
-            "(check state.dir and --config)"
-        )
-    conn: sqlite3.Connection | None = None
-    if not write:
-        try:
-            conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("SELECT 1 FROM events LIMIT 1")
-        except sqlite3.Error:
-            # Read-only WAL opening needs the -shm file or a writable directory; when it
-            # is not possible, a normal connection that only reads is just as safe.
-            conn = None
-    if conn is None:
-        try:
-            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("SELECT 1 FROM events LIMIT 1")
-        except sqlite3.Error as exc:
-            raise WahookdError(f"cannot read the journal {path}: {exc}") from None
-    return conn
+def open_journal(state_dir: Path, *, write: bool = False) -> JournalMaintenance:
+    """The state directory's journal for a command; read-only unless `write`. Missing →
+    `WahookdError`. Every read and change goes through its API (`wahookd.journal`)."""
+    return open_store(state_dir, write=write)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -70,7 +46,7 @@ def run_replay(args: argparse.Namespace) -> int:
         )
     names = [args.sink] if args.sink else sorted(tables)
     since = parse_since(args.since)
-    conn = open_journal(settings.state.dir, write=bool(args.dead))
+    journal = open_journal(settings.state.dir, write=bool(args.dead))
     registry = collect(get_plugin_manager())
     sinks = {
         name: build_sink(
@@ -81,14 +57,14 @@ def run_replay(args: argparse.Namespace) -> int:
 
     async def replay_all() -> list[ReplayResult]:
         return [
-            await replay_sink(name, tables[name], sinks[name], conn, dead=bool(args.dead), since=since)
+            await replay_sink(name, tables[name], sinks[name], journal, dead=bool(args.dead), since=since)
             for name in names
         ]
 
     try:
         results = asyncio.run(replay_all())
     finally:
-        conn.close()
+        journal.close()
     for result in results:
         what = "dead letters" if args.dead else "journal events"
         line = f"replay {result.sink} ({what}): {result.delivered} delivered, {result.failed} failed"
@@ -127,42 +103,27 @@ class Status:
 
 
 def collect_status(settings: Settings) -> Status:
-    conn = open_journal(settings.state.dir)
+    journal = open_journal(settings.state.dir)
     try:
-        return _collect_status(conn, settings)
+        return _collect_status(journal, settings)
     finally:
-        conn.close()
+        journal.close()
 
 
-def _collect_status(conn: sqlite3.Connection, settings: Settings) -> Status:
+def _collect_status(journal: JournalReader, settings: Settings) -> Status:
     now = time.time()
-    path = settings.state.dir / JOURNAL_FILE
-
-    def one(sql: str, *params: Any) -> Any:
-        return conn.execute(sql, params).fetchone()[0]
 
     def age(epoch: float | None) -> float | None:
         return None if epoch is None else max(0.0, now - epoch)
 
-    size = sum(
-        candidate.stat().st_size
-        for candidate in (path, path.with_name(path.name + "-wal"))
-        if candidate.exists()
-    )
+    figures = journal.figures()
     tables = settings.effective_sinks()
-    cursors = dict(conn.execute("SELECT sink, dseq FROM cursors").fetchall())
-    dead = dict(conn.execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink").fetchall())
-    try:
-        paused = paused_sinks(conn)
-    except sqlite3.OperationalError:  # a journal this version has not opened yet
-        paused = set()
     sinks = []
-    for name in sorted(set(tables) | set(cursors) | set(dead)):
-        cursor = cursors.get(name)
+    for name in sorted(set(tables) | set(figures.cursors) | set(figures.dead_letters)):
+        cursor = figures.cursors.get(name)
         backlog, oldest = 0, None
         if cursor is not None:  # a sink that never ran starts at the journal's end
-            backlog = one("SELECT count(*) FROM events WHERE dseq > ?", cursor)
-            oldest = one("SELECT min(received_at) FROM events WHERE dseq > ?", cursor)
+            backlog, oldest = journal.backlog(cursor)
         table = tables.get(name)
         sinks.append(
             SinkStatus(
@@ -171,17 +132,17 @@ def _collect_status(conn: sqlite3.Connection, settings: Settings) -> Status:
                 cursor,
                 backlog,
                 age(oldest),
-                dead.get(name, 0),
-                name in paused,
+                figures.dead_letters.get(name, 0),
+                name in figures.paused,
             )
         )
     return Status(
-        journal=str(path),
-        events=one("SELECT count(*) FROM events"),
-        bytes=size,
-        media_pending=one("SELECT count(*) FROM events WHERE dseq IS NULL"),
-        media_oldest_seconds=age(one("SELECT min(received_at) FROM events WHERE dseq IS NULL")),
-        dedupe_entries=one("SELECT count(*) FROM dedupe"),
+        journal=figures.location,
+        events=figures.events,
+        bytes=figures.bytes,
+        media_pending=figures.media_pending,
+        media_oldest_seconds=age(figures.media_oldest),
+        dedupe_entries=figures.dedupe_entries,
         dedupe_capacity=settings.dedupe.capacity,
         sinks=sinks,
     )
@@ -256,13 +217,13 @@ def set_sink_pause(args: argparse.Namespace, *, paused: bool) -> int:
         raise WahookdError(
             f"no sink {args.sink!r} in the configuration (configured: {', '.join(sorted(tables))})"
         )
-    conn = open_journal(settings.state.dir, write=True)
+    journal = open_journal(settings.state.dir, write=True)
     try:
-        changed = set_pause(conn, args.sink, paused)
-    except sqlite3.Error as exc:
+        changed = journal.set_pause(args.sink, paused)
+    except JournalError as exc:
         raise WahookdError(f"cannot write the journal: {exc}") from None
     finally:
-        conn.close()
+        journal.close()
     word = "paused" if paused else "resumed"
     print(f"{args.sink} {word}" if changed else f"{args.sink} was already {word}")
     return 0

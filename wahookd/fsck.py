@@ -280,9 +280,8 @@ def fsck(settings: Settings, repair: bool) -> tuple[list[str], bool]:
     try:
         # Looked at before SQLite opens the file: a writer's connection would replay it.
         torn = torn_wal(state_dir / (JOURNAL_FILE + "-wal")) if running is None else None
-        conn = open_journal(state_dir, write=repair)
+        journal = open_journal(state_dir, write=repair)
         try:
-            journal = JournalMaintenance(conn)
             problems = check(journal, settings)
             if torn:
                 problems.insert(
@@ -312,7 +311,7 @@ def fsck(settings: Settings, repair: bool) -> tuple[list[str], bool]:
                 if not sound:
                     lines.append(f"{len(left)} problems remain")
         finally:
-            conn.close()
+            journal.close()
         if repair and torn and torn_wal(state_dir / (JOURNAL_FILE + "-wal")):
             sound = False
             lines.append("the WAL is still torn")

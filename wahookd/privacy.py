@@ -195,9 +195,8 @@ class MediaEraser:
 def forget(settings: Settings, contact: str, wait: float) -> ForgetReport:
     addresses = contact_addresses(contact)
     report = ForgetReport(contact, daemon_running=holder_pid(settings.state.dir) is not None)
-    conn = open_journal(settings.state.dir, write=True)
+    journal = open_journal(settings.state.dir, write=True)
     try:
-        journal = JournalMaintenance(conn)
         found = journal.contact_rows(addresses)
         found = wait_for_media(journal, addresses, found, wait if report.daemon_running else 0.0, report)
         events = [stored.event for stored in found.events]
@@ -221,7 +220,7 @@ def forget(settings: Settings, contact: str, wait: float) -> ForgetReport:
             report.media_shared += len(late & late_kept)
             asyncio.run(MediaEraser(settings).delete(late - late_kept, report))
     finally:
-        conn.close()
+        journal.close()
     report.rejected = RejectedStore(settings.state.dir / "rejected").erase_mentioning(contact)
     return report
 

@@ -29,15 +29,14 @@ def run_trace(args: argparse.Namespace) -> int:
     from wahookd.admin import open_journal
 
     settings, _ = load_settings(args.config, read_secrets=False)
-    conn = open_journal(settings.state.dir)
+    reader = open_journal(settings.state.dir)
     try:
-        reader = JournalReader(conn)
         found = find(reader, args.id.strip(), args.limit)
         tables = settings.effective_sinks()
         traced = [trace_one(reader, stored, tables, raw=args.raw) for stored in found]
         pruned = [] if traced else reader.dead_letters_of(args.id.strip())
     finally:
-        conn.close()
+        reader.close()
     rejected = [] if traced or pruned else rejected_bodies(settings.state.dir / "rejected", args.id.strip())
     if args.json:
         print(json.dumps({"events": traced, "dead_letters": [dead(*row) for row in pruned]}, indent=2))
