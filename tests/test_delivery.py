@@ -252,3 +252,36 @@ async def test_a_concurrent_sink_never_idles_with_a_backlog(tmp_path: Path) -> N
     assert len(sink.got) == 5000
     await stop(worker, task)
     await journal.close()
+
+
+class ForgetfulSink:
+    """Buffers in deliver(), writes in flush(); its first flush fails and loses the buffer."""
+
+    def __init__(self) -> None:
+        self.buffer: list[str] = []
+        self.stored: list[str] = []
+        self.flushes = 0
+
+    async def deliver(self, event: dict[str, Any]) -> None:
+        self.buffer.append(event["id"])
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        buffered, self.buffer = self.buffer, []
+        if self.flushes == 1:
+            raise DeliveryError("disk full")
+        self.stored.extend(buffered)
+
+
+async def test_after_a_failed_flush_a_concurrent_sink_gets_every_event_again(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, durable=False)
+    journal.open()
+    sink = ForgetfulSink()
+    worker = SinkWorker("s", table(concurrency=4, backoff_initial=0.01), sink, journal, make_metrics())  # type: ignore[arg-type]
+    await worker.prepare()
+    task = asyncio.get_running_loop().create_task(worker.run())
+    await journal.commit([event(f"f{n}") for n in range(20)])
+    await settle(worker, timeout=10)
+    assert sorted(set(sink.stored)) == sorted(f"f{n}" for n in range(20))
+    await stop(worker, task)
+    await journal.close()

@@ -26,7 +26,7 @@ from sqlalchemy import (
     text,
 )
 
-from wahookd.errors import ConfigError, PermanentDeliveryError, WahookdError
+from wahookd.errors import ConfigError, DeliveryError, PermanentDeliveryError, WahookdError
 from wahookd.events import load_json
 from wahookd.sinks.sql import wahookd_register_sinks as sql_sinks
 from wahookd.sinks.sqlstore import SCHEMA_VERSION, SqlSink, database_url, define_tables
@@ -240,8 +240,24 @@ def test_a_row_the_database_refuses_is_a_permanent_error(tmp_path: Path) -> None
         asyncio.run(deliver_all(store.sink(), []))
         with store.engine.begin() as conn:
             conn.execute(text(f"ALTER TABLE {prefix}events ADD CHECK (length(text) < 10)"))
-        with pytest.raises(PermanentDeliveryError):
-            asyncio.run(deliver_all(store.sink(), [make_event(text="longer than ten")]))
+        refused = make_event(text="longer than ten")
+
+        async def as_the_worker_does() -> None:
+            sink = store.sink()
+            await sink.start()
+            try:
+                await sink.deliver(refused)
+                # The batch's flush fails (retryable: a flush is never dead-lettered) ...
+                with pytest.raises(DeliveryError) as flushed:
+                    await sink.flush()
+                assert not isinstance(flushed.value, PermanentDeliveryError)
+                # ... the worker delivers it again, and the event alone is refused for good.
+                with pytest.raises(PermanentDeliveryError):
+                    await sink.deliver(refused)
+            finally:
+                await sink.close()
+
+        asyncio.run(as_the_worker_does())
     finally:
         define_tables(prefix)[0].drop_all(store.engine)
         store.engine.dispose()

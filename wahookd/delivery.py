@@ -323,11 +323,44 @@ class SinkWorker:
         finally:
             await self.handle.close()
 
+    async def run_leased(self, leases: Any, lease: str) -> None:
+        """`run` with several nodes (`state.backend = "postgres"`): deliver only while this
+        node holds the sink's lease, from the position the last holder saved; on losing it,
+        stop at once (what was in flight goes again from the next holder: at least once)."""
+        leases.want(lease)
+        if not await self._start():
+            return
+        try:
+            while not self._stopping.is_set():
+                if not leases.holds(lease):
+                    if await self._sleep_or_stop(0.1):
+                        return
+                    continue
+                self.cursor = await self.journal.cursor(self.name)
+                self._count_backlog()
+                schedule = asyncio.ensure_future(self._schedule())
+                lost = asyncio.ensure_future(leases.wait_lost(lease))
+                done, _ = await asyncio.wait({schedule, lost}, return_when=asyncio.FIRST_COMPLETED)
+                if schedule in done:
+                    lost.cancel()
+                    schedule.result()
+                    return
+                self.log.warning("sink_lease_lost")
+                schedule.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await schedule
+        finally:
+            await self.handle.close()
+
     async def _schedule(self) -> None:
         while self.table.concurrency == 1 and self.table.ordering == "none":
             if not await self._in_order():
                 return
-        await self._in_lanes()  # a reload may have asked for lanes meanwhile
+        # A reload may have asked for lanes meanwhile. After a failed flush the sink may have
+        # lost what it took since its position: everything after it is delivered again.
+        while await self._in_lanes():
+            if await self._sleep_or_stop(1.0):
+                return
 
     async def _in_order(self) -> bool:
         """One event at a time, in journal order: the default, without a task per event.
@@ -382,10 +415,11 @@ class SinkWorker:
             if self.table.concurrency != 1 or self.table.ordering != "none":  # a reload
                 return delivered <= self.cursor or await self._save(delivered)
 
-    async def _in_lanes(self) -> None:
+    async def _in_lanes(self) -> bool:
         """Up to `concurrency` events in flight; with `ordering = "chat"` one per chat, in
         journal order. The cursor passes the settled events at the head of the journal order;
-        settled events above an unsettled one wait in memory, at most `WINDOW` of them."""
+        settled events above an unsettled one wait in memory, at most `WINDOW` of them.
+        True when a flush failed: start again from the recorded position."""
         order: deque[tuple[int, float | None]] = deque()  # (dseq, received) past the cursor
         settled: set[int] = set()
         waiting: dict[Any, deque[tuple[ReadyEvent, dict[str, Any]]]] = {}  # lane -> its events
@@ -394,6 +428,7 @@ class SinkWorker:
         tasks: dict[asyncio.Task[bool], tuple[Any, ReadyEvent, dict[str, Any]]] = {}
         read_to = position = self.cursor
         last_save = time.monotonic()
+        restart = False
 
         def enqueue(lane: Any, ready: ReadyEvent, event: dict[str, Any], *, first: bool = False) -> None:
             lane_events = waiting.setdefault(lane, deque())
@@ -461,9 +496,8 @@ class SinkWorker:
                 idle or self._stopping.is_set() or time.monotonic() - last_save >= SAVE_SECONDS
             ):
                 if not await self._save(position):
-                    if await self._sleep_or_stop(1.0):
-                        break
-                    continue
+                    restart = True
+                    break
                 last_save = time.monotonic()
             if self._stopping.is_set() and not tasks:
                 break  # what is still waiting goes after the next start
@@ -482,8 +516,9 @@ class SinkWorker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if position > self.cursor:
+        if not restart and position > self.cursor:
             await self._save(position)
+        return restart and not self._stopping.is_set()
 
     def _lane(self, event: dict[str, Any]) -> Any:
         if self.table.ordering != "chat":

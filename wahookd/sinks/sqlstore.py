@@ -289,11 +289,10 @@ class SqlSink:
         try:
             await self._run(self._write, batch)
         except PermanentDeliveryError as exc:
-            if len(batch) == 1:
-                self._clear()
-                raise
-            # Which event the database refuses, only one-by-one writes can tell: the
-            # batch comes again (wahookd retries it) and each of its events is written alone.
+            # Which event the database refuses, only one-by-one writes can tell: the batch
+            # comes again (wahookd delivers what it has not recorded again after a failed
+            # flush), each of its events is written alone, and `deliver` refuses the bad one,
+            # which goes to the dead letters. A flush is never dead-lettered itself.
             self._clear()
             self._one_by_one = True
             raise DeliveryError(f"{exc}; writing this batch's events one by one") from None
