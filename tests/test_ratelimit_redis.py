@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -131,9 +132,10 @@ def test_refused_requests_take_nothing_from_the_shared_bucket(address: str) -> N
 class OwnRedis:
     """A redis-server of the test's own on a free port, to stop and start again."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *options: str) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.options = options
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -145,15 +147,18 @@ class OwnRedis:
             [
                 *(shutil.which("redis-server") or "redis-server", "--port", str(self.port)),
                 *("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                redis.Redis(port=self.port, socket_timeout=0.2).ping()
-                return
-            except redis.ConnectionError:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64)[:1] in (b"+", b"-"):  # PONG, or NOAUTH: up either way
+                        return
+            except OSError:
                 time.sleep(0.02)
         raise RuntimeError("redis-server did not start")
 
@@ -273,6 +278,61 @@ def test_a_reload_switches_between_node_local_and_shared_buckets(address: str) -
     client = redis.Redis.from_url(REDIS_URL)
     assert client.exists(KEY_PREFIX + address)
     client.close()
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server that wants a password, also listening on a Unix socket."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    socket_path = tmp_path / "redis.sock"
+    server = OwnRedis(tmp_path, "--requirepass", "pa:ss@w/rd", "--unixsocket", str(socket_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [
+        ("redis://:pa%3Ass%40w%2Frd@127.0.0.1:{port}/2", 2),
+        ("redis://default:pa%3Ass%40w%2Frd@127.0.0.1:{port}", 0),
+        ("unix://{socket}?db=3&password=pa%3Ass%40w%2Frd", 3),
+    ],
+)
+def test_a_password_a_database_and_a_unix_socket_as_in_the_url(
+    locked_redis: OwnRedis, url: str, database: int
+) -> None:
+    url = url.format(port=locked_redis.port, socket=locked_redis.workdir / "redis.sock")
+
+    async def scenario() -> bool:
+        limiter = shared(url, rate=1, burst=5)
+        await spread([limiter], "192.0.2.7", 2)
+        await limiter.settled()
+        sharing = limiter.shared
+        limiter.close()
+        return sharing
+
+    assert asyncio.run(scenario()) is True
+    client = redis.Redis(port=locked_redis.port, password="pa:ss@w/rd", db=database, decode_responses=True)
+    assert float(client.get(KEY_PREFIX + "192.0.2.7").split()[0]) == pytest.approx(3, abs=0.1)
+    client.close()
+
+
+def test_a_wrong_password_is_an_outage_logged_without_the_password(locked_redis: OwnRedis) -> None:
+    async def scenario() -> bool:
+        limiter = shared(f"redis://:not-it-hunter2@127.0.0.1:{locked_redis.port}/0")
+        await asyncio.sleep(0.2)
+        assert limiter.take("192.0.2.8") == 0.0  # served on the node's own bucket
+        sharing = limiter.shared
+        limiter.close()
+        return sharing
+
+    with structlog.testing.capture_logs() as logs:
+        assert asyncio.run(scenario()) is False
+    [down] = [entry for entry in logs if entry["event"] == "ratelimit_shared_unreachable"]
+    assert "WRONGPASS" in down["error"] or "invalid" in down["error"]
+    assert "hunter2" not in repr(logs)
 
 
 # -- configuration ---------------------------------------------------------------------
