@@ -23,16 +23,17 @@ from wahookd.journal import JournalMaintenance, JournalReader, open_store
 from wahookd.log import configure_logging
 from wahookd.plugins import collect, get_plugin_manager
 from wahookd.replay import ReplayResult, parse_since, replay_sink
-from wahookd.settings import Settings, load_settings
+from wahookd.settings import Settings, StateSettings, load_settings
 from wahookd.statelock import RELOAD_RESULT, holder_pid
 
 # -- the journal, opened beside a running daemon -----------------------------------
 
 
-def open_journal(state_dir: Path, *, write: bool = False) -> JournalMaintenance:
-    """The state directory's journal for a command; read-only unless `write`. Missing →
-    `WahookdError`. Every read and change goes through its API (`wahookd.journal`)."""
-    return open_store(state_dir, write=write)
+def open_journal(state: StateSettings | Path, *, write: bool = False) -> JournalMaintenance:
+    """The journal of `state` (either backend; a bare directory is SQLite) for a command;
+    read-only unless `write`. Missing → `WahookdError`. Every read and change goes through
+    its API (`wahookd.journal`)."""
+    return open_store(state, write=write)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -46,7 +47,7 @@ def run_replay(args: argparse.Namespace) -> int:
         )
     names = [args.sink] if args.sink else sorted(tables)
     since = parse_since(args.since)
-    journal = open_journal(settings.state.dir, write=bool(args.dead))
+    journal = open_journal(settings.state, write=bool(args.dead))
     registry = collect(get_plugin_manager())
     sinks = {
         name: build_sink(
@@ -88,6 +89,7 @@ class SinkStatus:
     oldest_pending_seconds: float | None
     dead_letters: int
     paused: bool = False  # by `wahookd pause` (a circuit's pause is the daemon's: /metrics)
+    holder: str | None = None  # the node delivering it (state.backend = postgres)
 
 
 @dataclass(slots=True)
@@ -103,7 +105,7 @@ class Status:
 
 
 def collect_status(settings: Settings) -> Status:
-    journal = open_journal(settings.state.dir)
+    journal = open_journal(settings.state)
     try:
         return _collect_status(journal, settings)
     finally:
@@ -134,6 +136,7 @@ def _collect_status(journal: JournalReader, settings: Settings) -> Status:
                 age(oldest),
                 figures.dead_letters.get(name, 0),
                 name in figures.paused,
+                figures.holders.get(name),
             )
         )
     return Status(
@@ -217,7 +220,7 @@ def set_sink_pause(args: argparse.Namespace, *, paused: bool) -> int:
         raise WahookdError(
             f"no sink {args.sink!r} in the configuration (configured: {', '.join(sorted(tables))})"
         )
-    journal = open_journal(settings.state.dir, write=True)
+    journal = open_journal(settings.state, write=True)
     try:
         changed = journal.set_pause(args.sink, paused)
     except JournalError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -12,7 +13,7 @@ import socket
 import sqlite3
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from wahookd.delivery import SinkWorker, build_sink, redaction_key, sink_context
 from wahookd.errors import ConfigError, WahookdError
 from wahookd.handlers import AppState, ScrapeCollector
 from wahookd.hookspecs import Sink
-from wahookd.journal import Journal
+from wahookd.journal import Journal, make_journal
 from wahookd.log import configure_logging, flush_logs, set_level
 from wahookd.media.stage import MediaStage
 from wahookd.metrics import make_metrics
@@ -157,13 +158,17 @@ def run_serve(args: argparse.Namespace) -> int:
     # Everything wahookd creates (journal, dead letters, rejected bodies, media, sink
     # files) is for the service user only: the bodies carry people's messages.
     os.umask(0o077)
-    lock = StateLock(prepared.settings.state.dir)
+    # The lock keeps a second daemon off a SQLite journal; on PostgreSQL, several nodes
+    # sharing the database is the point (each keeps its own state dir for media, keys).
+    lock = StateLock(prepared.settings.state.dir) if not prepared.settings.state.shared else None
     prepare_state_dir(prepared.settings.state.dir)
-    lock.acquire()
+    if lock is not None:
+        lock.acquire()
     try:
         return asyncio.run(serve(prepared, args.config))
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def notify_systemd(message: str) -> None:
@@ -214,9 +219,8 @@ def listen(server: HTTPServer, address: str, what: str) -> None:
 async def serve(prepared: Prepared, config: str | None = None) -> int:
     settings = prepared.settings
     metrics = make_metrics()
-    journal = Journal(
-        settings.state.dir,
-        durable=settings.state.fsync,
+    journal = make_journal(
+        settings.state,
         dedupe_capacity=settings.dedupe.capacity,
         observe_commit=metrics.journal_commit.observe,
     )
@@ -224,6 +228,22 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
         journal.open()
     except (OSError, sqlite3.Error) as exc:
         raise WahookdError(f"cannot open the journal {journal.path}: {exc}") from exc
+    leases = getattr(journal, "leases", None)  # several nodes: who delivers what
+    if leases is not None:
+        if settings.media.store == "local":
+            log.warning(
+                "media_store_not_shared",
+                detail='state.backend = "postgres" with media.store = "local": several nodes need a '
+                'shared media store (media.store = "s3"), or a node delivers events whose media '
+                "another node stored",
+            )
+        held_gauge = metrics.lease_held
+
+        def show_lease(name: str, held: bool) -> None:
+            if held_gauge is not None and name.startswith("sink:"):
+                held_gauge.labels(name.removeprefix("sink:")).set(1 if held else 0)
+
+        leases.listeners.append(show_lease)
     tables = settings.effective_sinks()
     redact_key = redaction_key(settings.state.dir)
     workers = {
@@ -233,7 +253,13 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
     for worker in workers.values():
         await worker.prepare()
     await refresh_dead_letters(journal, metrics, list(tables))
-    media = MediaStage(settings, journal, metrics, structlog.get_logger("wahookd.media"))
+    media = MediaStage(
+        settings,
+        journal,
+        metrics,
+        structlog.get_logger("wahookd.media"),
+        providers=prepared.registry.providers,
+    )
     journal.on_media(media.wake)
 
     state = AppState(
@@ -281,8 +307,18 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
 
     reloader = Reloader(config, state, workers, media, tls)
     tasks = TaskSet()
-    worker_tasks = [tasks.start(worker.run(), f"sink:{name}") for name, worker in workers.items()]
-    media_task = tasks.start(media.run(), "media")
+    if leases is None:
+        worker_tasks = [tasks.start(worker.run(), f"sink:{name}") for name, worker in workers.items()]
+        media_task = tasks.start(media.run(), "media")
+    else:
+        for name in workers:
+            if metrics.lease_held is not None:
+                metrics.lease_held.labels(name).set(0)
+        worker_tasks = [
+            tasks.start(worker.run_leased(leases, f"sink:{name}"), f"sink:{name}")
+            for name, worker in workers.items()
+        ]
+        media_task = tasks.start(run_leased(leases, "media", media.run), "media")
     tasks.start(housekeeping(journal, settings, metrics, list(tables)), "housekeeping")
     tasks.start(flush_logs_often(), "flush-logs")
     tasks.start(follow_dead_letters(journal, metrics, list(tables)), "dead-letters")
@@ -489,6 +525,7 @@ class Reloader:
         state.providers = prepared.registry.providers
         state.settings = settings  # one assignment: a request sees the old or the new
         self.media.settings = settings
+        self.media.providers = prepared.registry.providers
         tables = settings.effective_sinks()
         for name, worker in self.workers.items():
             worker.reconfigure(tables[name])
@@ -514,6 +551,22 @@ def watchdog_interval() -> float | None:
     if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 1_000_000 / 2
+
+
+async def run_leased(leases: Any, lease: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run `run()` (a stage that runs until cancelled) only while this node holds `lease`."""
+    while True:
+        await leases.wait_held(lease)
+        task = asyncio.ensure_future(run())
+        lost = asyncio.ensure_future(leases.wait_lost(lease))
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (task, lost):
+                pending.cancel()
+            for pending in (task, lost):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
 
 
 async def watchdog(journal: Journal, interval: float) -> None:

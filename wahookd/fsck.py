@@ -279,8 +279,9 @@ def fsck(settings: Settings, repair: bool) -> tuple[list[str], bool]:
     lines: list[str] = []
     try:
         # Looked at before SQLite opens the file: a writer's connection would replay it.
-        torn = torn_wal(state_dir / (JOURNAL_FILE + "-wal")) if running is None else None
-        journal = open_journal(state_dir, write=repair)
+        sqlite = not settings.state.shared  # the file-level checks are SQLite's
+        torn = torn_wal(state_dir / (JOURNAL_FILE + "-wal")) if running is None and sqlite else None
+        journal = open_journal(settings.state, write=repair)
         try:
             problems = check(journal, settings)
             if torn:
@@ -327,7 +328,9 @@ def run_fsck(args: argparse.Namespace) -> int:
     lines, sound = fsck(settings, bool(args.repair))
     if sound and not lines:
         lines.append("journal ok")
-    if running := holder_pid(settings.state.dir):
+    if settings.state.shared:
+        lines.append("(postgres: the file and WAL checks are SQLite-only; PostgreSQL checks its own pages)")
+    elif running := holder_pid(settings.state.dir):
         lines.append(f"(the daemon, pid {running}, is running: its WAL file was not checked)")
     print("\n".join(lines))
     return 0 if sound else 1

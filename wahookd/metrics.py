@@ -49,6 +49,7 @@ class Metrics:
     sink_oldest_pending: Gauge
     sink_errors: Counter
     build_info: Info
+    lease_held: Gauge | None = None
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -160,6 +161,12 @@ def make_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         sink_paused=Gauge(
             "wahookd_sink_paused",
             "1 while the sink is paused (operator or circuit)",
+            ["sink"],
+            registry=registry,
+        ),
+        lease_held=Gauge(
+            "wahookd_lease_held",
+            "1 on the node that delivers the sink (state.backend = postgres: the lease holder)",
             ["sink"],
             registry=registry,
         ),

@@ -195,7 +195,7 @@ class MediaEraser:
 def forget(settings: Settings, contact: str, wait: float) -> ForgetReport:
     addresses = contact_addresses(contact)
     report = ForgetReport(contact, daemon_running=holder_pid(settings.state.dir) is not None)
-    journal = open_journal(settings.state.dir, write=True)
+    journal = open_journal(settings.state, write=True)
     try:
         found = journal.contact_rows(addresses)
         found = wait_for_media(journal, addresses, found, wait if report.daemon_running else 0.0, report)

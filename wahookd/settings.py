@@ -254,9 +254,43 @@ class StateSettings(Section):
         7.0, ge=0, description="keep delivered events this long for `wahookd replay`"
     )
 
+    backend: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        description='"sqlite": the journal in state.dir; "postgres": in the database at state.url, '
+        "shared by several nodes",
+    )
+    url: Secret | None = Field(
+        None, description="PostgreSQL DSN for backend = postgres (postgresql://...); or url_file"
+    )
+    lease_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="with backend = postgres: a node that dies hands its sinks and media stage "
+        "to another within this long",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return resolve_secret_files(data, ("url",), info)
+
+    @model_validator(mode="after")
+    def _postgres_needs_url(self) -> StateSettings:
+        if self.backend == "postgres" and self.url is None:
+            raise ValueError('backend = "postgres" needs url (or url_file)')
+        url = None if self.url is None else self.url.get_secret_value()
+        if url not in (None, UNREAD_SECRET) and not str(url).startswith(("postgres://", "postgresql://")):
+            raise ValueError("url must be a postgresql:// DSN")
+        return self
+
     @property
     def fsync(self) -> bool:
         return self.durability == "fsync"
+
+    @property
+    def shared(self) -> bool:
+        """Several nodes share this state (the journal is in PostgreSQL)."""
+        return self.backend == "postgres"
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")

@@ -29,7 +29,7 @@ def run_trace(args: argparse.Namespace) -> int:
     from wahookd.admin import open_journal
 
     settings, _ = load_settings(args.config, read_secrets=False)
-    reader = open_journal(settings.state.dir)
+    reader = open_journal(settings.state)
     try:
         found = find(reader, args.id.strip(), args.limit)
         tables = settings.effective_sinks()

@@ -7,9 +7,12 @@ One package owns every SQL string run against the journal:
 - `dedupe`: the dedupe index's statements;
 - `store`: `Journal`, what the daemon reads and writes;
 - `reader`: `JournalReader`, what the CLI (`status`, `replay`, `trace`) reads;
-- `maintenance`: `JournalMaintenance`, what the CLI changes (`forget`, `fsck`, `pause`).
+- `maintenance`: `JournalMaintenance`, what the CLI changes (`forget`, `fsck`, `pause`);
+- `pgschema`, `postgres`, `pgreader`: the same for `state.backend = "postgres"`;
+- `backends`: which of the two `state.backend` picks.
 """
 
+from wahookd.journal.backends import make_journal, open_store
 from wahookd.journal.dedupe import dedupe_key
 from wahookd.journal.maintenance import (
     MAINTENANCE_CHUNK,
@@ -18,7 +21,6 @@ from wahookd.journal.maintenance import (
     JournalMaintenance,
     WaitingRow,
     contact_clause,
-    open_store,
 )
 from wahookd.journal.reader import JournalReader, open_connection, paused_sinks, set_pause
 from wahookd.journal.records import CONTACT_FIELDS, JournalFigures, ReadyEvent, SinkRecord, StoredEvent
@@ -91,6 +93,7 @@ __all__ = [
     "encode",
     "format_time_from",
     "high_water",
+    "make_journal",
     "max_cursor",
     "open_connection",
     "open_store",

@@ -357,7 +357,7 @@ class JournalMaintenance(JournalReader):
             dedupe.fill(conn, rows)
 
 
-def open_store(state_dir: Path, *, write: bool = False) -> JournalMaintenance:
+def open_sqlite_store(state_dir: Path, *, write: bool = False) -> JournalMaintenance:
     """The journal of `state_dir` for a CLI command: read-only unless `write`.
     Missing → `WahookdError`. The caller closes it."""
     path = Path(state_dir) / JOURNAL_FILE
