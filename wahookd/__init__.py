@@ -21,7 +21,11 @@ Module map (the plugin API is `hookspecs`, `errors`, `events`, `providers` and `
 - `sinks/`     the built-in sinks (file, forward, sql), written as plugins
 - `metrics`    Prometheus metrics, defined against an injected registry
 - `log`        structlog configuration
-- `testing`    helpers for plugin authors
+- `lifecycle`  `SinkHandle`: one sink's start/deliver/flush/close behind one guarded call
+- `trace`, `privacy`, `fsck`  `wahookd trace`, `forget`, `fsck`
+- `statelock`  one daemon per state directory
+- `testing`    helpers for plugin authors; `conformance` the sink conformance suite
+- `newsink`    `wahookd new-sink`: a plugin distribution to start from
 """
 
 from wahookd.hookspecs import hookimpl
