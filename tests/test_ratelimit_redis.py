@@ -402,10 +402,12 @@ def test_two_daemons_with_redis_buckets_answer_429_after_one_shared_burst(
     answers = []
     for number in range(40):
         answers.append(post(daemons[number % 2].port, body, headers))
-        time.sleep(0.002)
+        # Slower than one settlement (10 ms): each node knows what the other let through,
+        # but for its very first request, made on a full copy of the bucket.
+        time.sleep(0.015)
     codes = [code for code, _ in answers]
     assert set(codes) == {200, 429}
-    assert 10 <= codes.count(200) <= 13  # one burst of 10 across both nodes, not 20
+    assert 10 <= codes.count(200) <= 12  # one burst of 10 across both nodes, not 20
     assert codes[-10:] == [429] * 10  # and after it both refuse
     assert all(int(retry) >= 1 for code, retry in answers if code == 429 and retry)
     for daemon in daemons:
