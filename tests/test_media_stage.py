@@ -88,7 +88,8 @@ def run_stage(
             await asyncio.gather(task, return_exceptions=True)
             await stage.close()
 
-    asyncio.run(go())
+    # A bound on the whole run: a lost wake-up must fail the test, not hang the suite.
+    asyncio.run(asyncio.wait_for(go(), timeout + 10))
     return metrics
 
 
