@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+import string
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -400,3 +401,42 @@ def event_ref(event_id: str) -> str:
     carry a phone number or a WhatsApp address (WAHA's `false_4915...@c.us_...`), and logs
     must not. `wahookd trace` accepts it in place of the id."""
     return hashlib.blake2b(event_id.encode(), digest_size=6).hexdigest()
+
+
+# -- templates over event fields (broker subjects, routing keys) ------------------------
+
+# The event fields a template may name: the scalar ones. A template over `text` or `raw`
+# would make a subject per message; `from`, `to`, `chat_id` put phone numbers into subjects
+# and routing keys (a sink's `redact` hashes them).
+TEMPLATE_FIELDS = frozenset(
+    {
+        "id", "source", "provider", "kind", "event", "type", "status", "message_id",
+        "chat_id", "from", "to", "from_me", "from_lid", "from_user_id", "ref_message_id",
+        "reply_to",
+    }
+)  # fmt: skip
+_TEMPLATE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def parse_event_template(text: str, what: str) -> list[tuple[str, str | None]]:
+    """``wa.{source}.{kind}`` as (literal text, field name or None) parts, for plugins that
+    name where an event goes (`what`: "a subject", "a routing key"); `ValueError` says what
+    is wrong."""
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in string.Formatter().parse(text):
+        if name is not None and name not in TEMPLATE_FIELDS:
+            raise ValueError(f"{{{name}}} is not an event field {what} can use: {sorted(TEMPLATE_FIELDS)}")
+        if spec or conversion:
+            raise ValueError(f"{{{name}}}: no format specs or conversions, only field names")
+        parts.append((literal, name))
+    return parts
+
+
+def template_word(value: Any, cut: int) -> str:
+    """One field's value as one word of a subject or routing key: characters other than
+    ``A-Z a-z 0-9 _ -`` become ``_`` (``messages.upsert`` is one word, ``messages_upsert``),
+    at most `cut` characters, an empty or missing value ``_``."""
+    if value is None or value == "":
+        return "_"
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return _TEMPLATE_UNSAFE.sub("_", text[:cut])

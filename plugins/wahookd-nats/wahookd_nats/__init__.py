@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import string
 from typing import Any
 
 import nats
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 
 from wahookd import hookimpl
 from wahookd.errors import DeliveryError, PermanentDeliveryError
-from wahookd.events import dump_json
+from wahookd.events import dump_json, parse_event_template, template_word
 from wahookd.hookspecs import SinkContext, SinkSpec
 from wahookd.settings import Secret, resolve_secret_files
 
@@ -34,17 +33,6 @@ __version__ = "0.1.0"
 
 # -- subject templates ----------------------------------------------------------------
 
-# The event fields a subject may name: the scalar ones (SPEC §4). A template over `text` or
-# `raw` would make a subject per message; `from`, `to`, `chat_id` are allowed but put phone
-# numbers into subjects (and NATS monitoring): with `redact` on the sink they are hashed.
-TEMPLATE_FIELDS = frozenset(
-    {
-        "id", "source", "provider", "kind", "event", "type", "status", "message_id",
-        "chat_id", "from", "to", "from_me", "from_lid", "from_user_id", "ref_message_id",
-        "reply_to",
-    }
-)  # fmt: skip
-UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 TOKEN_CHARS = 64  # a field's value is cut to this many characters in a subject
 FIELD_MARK = "\x00"
 
@@ -55,15 +43,7 @@ class SubjectTemplate:
     ``messages.upsert`` is one token, ``messages_upsert``), an empty or missing value ``_``."""
 
     def __init__(self, text: str) -> None:
-        parts: list[tuple[str, str | None]] = []
-        for literal, field, spec, conversion in string.Formatter().parse(text):
-            if field is not None and field not in TEMPLATE_FIELDS:
-                raise ValueError(
-                    f"{{{field}}} is not an event field a subject can use: {sorted(TEMPLATE_FIELDS)}"
-                )
-            if spec or conversion:
-                raise ValueError(f"{{{field}}}: no format specs or conversions, only field names")
-            parts.append((literal, field))
+        parts = parse_event_template(text, "a subject")
         self.parts = parts
         marked = self.render_with(lambda _field: FIELD_MARK)
         for token in marked.split("."):
@@ -84,10 +64,7 @@ class SubjectTemplate:
 
 
 def token(value: Any) -> str:
-    if value is None or value == "":
-        return "_"
-    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return UNSAFE.sub("_", text[:TOKEN_CHARS])
+    return template_word(value, TOKEN_CHARS)
 
 
 # -- options -------------------------------------------------------------------------

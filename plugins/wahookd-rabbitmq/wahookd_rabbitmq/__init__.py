@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import string
 from typing import Any, Literal
 
 import aio_pika
@@ -27,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 
 from wahookd import hookimpl
 from wahookd.errors import DeliveryError, PermanentDeliveryError
-from wahookd.events import dump_json
+from wahookd.events import dump_json, parse_event_template, template_word
 from wahookd.hookspecs import SinkContext, SinkSpec
 from wahookd.settings import Secret, resolve_secret_files
 
@@ -35,16 +34,6 @@ __version__ = "0.1.0"
 
 # -- routing key templates ------------------------------------------------------------
 
-# The event fields a routing key may name: the scalar ones (SPEC §4). `from`, `to`,
-# `chat_id` are allowed but put phone numbers into routing keys: `redact` hashes them.
-TEMPLATE_FIELDS = frozenset(
-    {
-        "id", "source", "provider", "kind", "event", "type", "status", "message_id",
-        "chat_id", "from", "to", "from_me", "from_lid", "from_user_id", "ref_message_id",
-        "reply_to",
-    }
-)  # fmt: skip
-UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 WORD_CHARS = 64  # a field's value is cut to this many characters (fewer if 255 needs it)
 MAX_KEY_BYTES = 255  # AMQP 0-9-1: a routing key is a short string
 
@@ -55,17 +44,10 @@ class RoutingKeyTemplate:
     ``messages.upsert`` is one word, ``messages_upsert``), an empty or missing value ``_``."""
 
     def __init__(self, text: str) -> None:
-        parts: list[tuple[str, str | None]] = []
-        for literal, field, spec, conversion in string.Formatter().parse(text):
-            if field is not None and field not in TEMPLATE_FIELDS:
-                raise ValueError(
-                    f"{{{field}}} is not an event field a routing key can use: {sorted(TEMPLATE_FIELDS)}"
-                )
-            if spec or conversion:
-                raise ValueError(f"{{{field}}}: no format specs or conversions, only field names")
+        parts = parse_event_template(text, "a routing key")
+        for literal, _ in parts:
             if re.search(r"[\s*#]", literal) or not literal.isascii():
                 raise ValueError("a routing key template is ASCII with no spaces and no * or # wildcards")
-            parts.append((literal, field))
         self.parts = parts
         fields = sum(1 for _, field in parts if field)
         room = MAX_KEY_BYTES - sum(len(literal) for literal, _ in parts)
@@ -84,10 +66,7 @@ class RoutingKeyTemplate:
 
 
 def word(value: Any, cut: int = WORD_CHARS) -> str:
-    if value is None or value == "":
-        return "_"
-    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return UNSAFE.sub("_", text[:cut])
+    return template_word(value, cut)
 
 
 # -- options -------------------------------------------------------------------------
