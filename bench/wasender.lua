@@ -9,7 +9,12 @@ function setup(thread)
 end
 
 function init(args)
-  prefix = "BENCH" .. tostring(tid) .. "X" .. tostring(os.time())
+  -- wrk's arguments (the URL, and any after `--`) keep concurrent wrk processes' ids apart.
+  local extra = ""
+  for _, arg in pairs(args) do
+    extra = extra .. (arg:gsub("%W", ""))
+  end
+  prefix = "BENCH" .. extra .. tostring(tid) .. "X" .. tostring(os.time())
 end
 
 function request()
