@@ -106,6 +106,10 @@ class Event:
         }
 
 
+# Every field of every event, in the order `to_dict` writes them (SPEC §4).
+EVENT_FIELDS = tuple(Event(id="", source="", provider="", kind="", event="", raw=None).to_dict())
+
+
 def new_media(
     mime_type: str | None = None,
     filename: str | None = None,

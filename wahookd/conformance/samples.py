@@ -11,37 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from wahookd.events import ExactFloat, dump_json, load_json
+from wahookd.events import EVENT_FIELDS, ExactFloat, dump_json, load_json
 
-# The fields of every event, in SPEC §4 order; every one is present in every event.
-EVENT_FIELDS = (
-    "id",
-    "source",
-    "provider",
-    "kind",
-    "event",
-    "message_id",
-    "chat_id",
-    "from",
-    "to",
-    "from_me",
-    "sender_name",
-    "type",
-    "text",
-    "media",
-    "status",
-    "error",
-    "ref_message_id",
-    "reply_to",
-    "from_lid",
-    "from_user_id",
-    "poll",
-    "call",
-    "referral",
-    "timestamp",
-    "received_at",
-    "raw",
-)
 THREE_MB = 3 * 1024 * 1024  # server.max_body_bytes by default: the largest event there is
 # The numbers a provider can send that a float cannot hold (SPEC §4: `raw` is unchanged).
 EXACT_NUMBERS_JSON = (
