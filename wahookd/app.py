@@ -105,10 +105,12 @@ class _Dispatch(httputil.HTTPMessageDelegate):
         body = json.dumps({"error": reason}).encode()
         head = start_line.method == "HEAD"
         answer_and_close(self.request_conn, status, {"Content-Type": "application/json"}, body, head=head)
-        metrics = self.router.intake.state.metrics
+        state = self.router.intake.state
+        metrics = state.metrics
         metrics.child(metrics.http_requests, "unknown", str(status)).inc()
         metrics.rejected.labels("unknown", reason.replace(" ", "_")).inc()
-        log.info("request", method=start_line.method[:16], source="unknown", status=status)
+        if state.settings.server.access_log:
+            log.info("request", method=start_line.method[:16], source="unknown", status=status)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         assert self.delegate is not None
