@@ -1,13 +1,21 @@
 """Benchmark: a bare Tornado POST handler vs `wahookd serve`, under the same load, in one run.
 
 Each server is pinned to core 0 and wrk to core 1 (50 connections, distinct ~1.5 KB signed
-Wasender webhooks); the load alternates between the two servers in slices, so that the
-shared machine's drift in speed falls on both alike. wahookd runs with
+Wasender webhooks); the load alternates between the servers in slices, so that the shared
+machine's drift in speed falls on all of them alike. wahookd runs with
 `durability = "fsync"` and a file sink that delivers while the load runs; its dedupe index
 can be pre-filled (`--prefill 1000000`) to show memory stays flat. Prints requests/s,
-p50/p99 latency, peak RSS and whether the sink kept up.
+p50/p99 latency, CPU per request, peak RSS and whether the sink kept up; and, per thread of
+wahookd, CPU and context switches per request (a switch is where the GIL or the core
+changed hands: the event loop, the journal writer, its checkpointer, the readers).
+
+`--runs 5` repeats the whole run with fresh servers and prints the median of each figure.
+`--against REF` adds a third server: wahookd as of git revision REF (a worktree under
+/tmp), in the same alternating slices, so that a change is measured A/B against the code
+before it on the same machine in the same minutes.
 
     .venv/bin/python bench/run.py [--seconds 15] [--slices 3] [--prefill 1000000]
+        [--runs 5] [--against HEAD~1]
 
 Needs `wrk` (Debian: apt-get install wrk). Loopback only; stops by itself.
 """
@@ -60,11 +68,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_counters(pid: int) -> dict[str, list[int]]:
+    """Per thread name: [CPU clock ticks, voluntary switches, involuntary switches]. Threads
+    of one name are summed; the main thread (the event loop) is "loop"."""
+    counters: dict[str, list[int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = "loop" if task.name == str(pid) else (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        switches = [int(v) for v in re.findall(r"(?:non)?voluntary_ctxt_switches:\s+(\d+)", status)]
+        row = counters.setdefault(name, [0, 0, 0])
+        row[0] += int(fields[11]) + int(fields[12])
+        row[1] += switches[0]
+        row[2] += switches[1]
+    return counters
+
+
 def measure(pid: int, url: str, seconds: int, connections: int) -> dict[str, float]:
-    """One wrk run against the server `pid`, with the CPU time it spent."""
-    before = cpu_seconds(pid)
+    """One wrk run against the server `pid`, with the CPU time it spent (and per thread)."""
+    before, threads_before = cpu_seconds(pid), thread_counters(pid)
     result = run_wrk(url, seconds, connections)
     result["cpu_s"] = cpu_seconds(pid) - before
+    after = thread_counters(pid)
+    result["threads"] = {  # type: ignore[assignment]
+        name: [n - m for n, m in zip(row, threads_before.get(name, [0, 0, 0]), strict=True)]
+        for name, row in after.items()
+    }
     return result
 
 
@@ -128,11 +160,19 @@ def start_bare() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_wahookd(keys: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_wahookd(
+    keys: int, workdir: Path, tree: Path | None = None, template: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`wahookd serve` on core 0, from this checkout or from `tree` (another revision's
+    worktree); its state dir a copy of `template` when given (a pre-filled index)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     state = workdir / "state"
-    state.mkdir(parents=True)
-    if keys:
+    if template is not None:
+        shutil.copytree(template, state)
+    else:
+        state.mkdir(parents=True)
+    if keys and template is None:
         began = time.monotonic()
         prefill(state, keys)
         print(
@@ -168,6 +208,7 @@ max_bytes = 0
         ["taskset", "-c", "0", sys.executable, "-m", "wahookd.cli", "serve", "--config", str(config)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        cwd=tree,  # `-m` puts the working directory first on sys.path: that tree's wahookd
     )
     base = f"http://127.0.0.1:{port}"
     wait_healthy(base + "/healthz", proc)
@@ -186,6 +227,23 @@ def combine(slices: list[dict[str, float]], seconds: float) -> dict[str, float]:
         "worst_p99_ms": max(s["p99_ms"] for s in slices),
         # CPU per request: the efficiency figure that the machine's drift moves least.
         "cpu_us": sum(s["cpu_s"] for s in slices) / sum(s["requests"] for s in slices) * 1e6,
+        "threads": per_request_threads(slices),
+    }
+
+
+def per_request_threads(slices: list[dict]) -> dict[str, list[float]]:
+    """Per thread: [CPU us, voluntary, involuntary switches] per request over `slices`."""
+    requests = sum(s["requests"] for s in slices)
+    totals: dict[str, list[float]] = {}
+    for one in slices:
+        for name, row in one.get("threads", {}).items():
+            total = totals.setdefault(name, [0.0, 0.0, 0.0])
+            for i, value in enumerate(row):
+                total[i] += value
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    return {
+        name: [row[0] * tick_us / requests, row[1] / requests, row[2] / requests]
+        for name, row in sorted(totals.items(), key=lambda item: -item[1][0])
     }
 
 
@@ -212,33 +270,102 @@ def check_sink(base: str, sink_path: Path) -> dict[str, float]:
     return result
 
 
-def run(seconds: int, slices: int, connections: int, keys: int, workdir: Path) -> tuple[dict, dict]:
-    """Both servers run side by side on core 0, and the load alternates between them in
+def worktree(ref: str) -> Path:
+    """A worktree of revision `ref` under /tmp (made once per revision, reused after)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=HERE.parent, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree = Path(tempfile.gettempdir()) / f"wahookd-ab-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=HERE.parent, check=True)
+    return tree
+
+
+def run(
+    seconds: int,
+    slices: int,
+    connections: int,
+    keys: int,
+    workdir: Path,
+    against: Path | None = None,
+    template: Path | None = None,
+) -> dict[str, dict]:
+    """The servers run side by side on core 0, and the load alternates between them in
     slices: the shared machine's speed drifts by ±15% over tens of seconds, and running one
     server after the other would put that drift into the ratio."""
-    bare_proc, bare_url = start_bare()
-    daemon_proc, daemon_url, sink_path = start_wahookd(keys, workdir)
+    servers: dict[str, tuple[subprocess.Popen[bytes], str, Path | None]] = {}
     try:
+        bare_proc, bare_url = start_bare()
+        servers["bare"] = (bare_proc, bare_url, None)
+        servers["wahookd"] = start_wahookd(keys, workdir / "a", template=template)
+        if against is not None:
+            servers["before"] = start_wahookd(keys, workdir / "b", tree=against, template=template)
         part = max(1, round(seconds / slices))
-        bare_slices, daemon_slices = [], []
+        measured: dict[str, list[dict]] = {name: [] for name in servers}
         for _ in range(slices):
-            bare_slices.append(measure(bare_proc.pid, bare_url + "/webhooks/bench", part, connections))
-            daemon_slices.append(measure(daemon_proc.pid, daemon_url + "/webhooks/bench", part, connections))
-        bare = combine(bare_slices, part * slices)
-        bare["rss_mb"] = peak_rss_mb(bare_proc.pid)
-        daemon = combine(daemon_slices, part * slices)
-        daemon["slices_rps"] = [s["requests"] / part for s in daemon_slices]  # type: ignore[assignment]
-        bare["slices_rps"] = [s["requests"] / part for s in bare_slices]  # type: ignore[assignment]
-        daemon.update(check_sink(daemon_url, sink_path))
-        daemon["rss_mb"] = peak_rss_mb(daemon_proc.pid)
-        daemon_proc.send_signal(signal.SIGTERM)
-        daemon["exit_code"] = daemon_proc.wait(60)
+            for name, (proc, url, _sink) in servers.items():
+                measured[name].append(measure(proc.pid, url + "/webhooks/bench", part, connections))
+        results = {}
+        for name, (proc, url, sink_path) in servers.items():
+            result = combine(measured[name], part * slices)
+            result["slices_rps"] = [one["requests"] / part for one in measured[name]]
+            if sink_path is not None:
+                result.update(check_sink(url, sink_path))
+            result["rss_mb"] = peak_rss_mb(proc.pid)
+            results[name] = result
+        for name, (proc, _url, sink_path) in servers.items():
+            if sink_path is not None:
+                proc.send_signal(signal.SIGTERM)
+                results[name]["exit_code"] = proc.wait(60)
     finally:
-        for proc in (bare_proc, daemon_proc):
+        for proc, _url, _sink in servers.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return bare, daemon
+    return results
+
+
+def report(results: dict[str, dict], prefill: int) -> None:
+    bare = results["bare"]
+    print(
+        f"\n{'':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'worst p99':>11}"
+        f"{'CPU us/req':>12}{'peak RSS MB':>13}{'vs bare':>9}{'by CPU':>8}{'p99 x':>7}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{r['worst_p99_ms']:>11.2f}{r['cpu_us']:>12.0f}{r['rss_mb']:>13.1f}"
+            f"{r['rps'] / bare['rps']:>9.0%}{bare['cpu_us'] / r['cpu_us']:>8.0%}"
+            f"{r['p99_ms'] / bare['p99_ms']:>7.2f}"
+        )
+    for name, r in results.items():
+        if name == "bare":
+            continue
+        ratios = zip(r["slices_rps"], bare["slices_rps"], strict=True)
+        kept_up = r["sink_lines"] >= r["accepted"] and r["non2xx"] == 0
+        print(
+            f"\n{name}: per slice {', '.join(f'{d / b:.0%}' for d, b in ratios)} of bare; "
+            f"non-2xx: {r['non2xx']:.0f}; accepted {r['accepted']:.0f} (at the end of the load), "
+            f"sink lines {r['sink_lines']:.0f} ({r['sink_distinct']:.0f} distinct ids), "
+            f"backlog at end of load {r['backlog_at_end']:.0f}, caught up {r['catch_up_s']:.1f}s later; "
+            f"sink kept up: {'yes' if kept_up else 'NO'}; exit code on SIGTERM {r['exit_code']:.0f}; "
+            f"dedupe pre-filled with {prefill} keys"
+        )
+        print(f"  {'thread':<16}{'CPU us/req':>11}{'voluntary sw/req':>18}{'involuntary sw/req':>20}")
+        for thread, (cpu, voluntary, involuntary) in r["threads"].items():
+            print(f"  {thread:<16}{cpu:>11.1f}{voluntary:>18.3f}{involuntary:>20.3f}")
+
+
+def median_of(runs: list[dict[str, dict]]) -> dict[str, dict]:
+    """Each figure's median over the runs (per slice and per thread figures: the median run's)."""
+    middle = sorted(runs, key=lambda one: one["wahookd"]["rps"] / one["bare"]["rps"])[len(runs) // 2]
+    merged: dict[str, dict] = {}
+    for name, result in middle.items():
+        merged[name] = dict(result)
+        for key, value in result.items():
+            if isinstance(value, (int, float)):
+                merged[name][key] = statistics.median(one[name][key] for one in runs)
+    return merged
 
 
 def main() -> None:
@@ -249,38 +376,41 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=3, help="alternating slices per server")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--prefill", type=int, default=0, help="dedupe keys to pre-fill")
+    parser.add_argument("--runs", type=int, default=1, help="whole runs, fresh servers each; medians")
+    parser.add_argument("--against", metavar="REF", help="also run wahookd as of git revision REF")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench needs wrk: apt-get install wrk")
+    against = worktree(args.against) if args.against else None
     workdir = Path(tempfile.mkdtemp(prefix="wahookd-bench-"))
+    runs = []
     try:
-        bare, daemon = run(args.seconds, args.slices, args.connections, args.prefill, workdir)
+        template = None
+        if args.prefill:  # filled once, copied for every server and run
+            template = workdir / "template"
+            template.mkdir()
+            began = time.monotonic()
+            prefill(template, args.prefill)
+            print(
+                f"prefilled {args.prefill} dedupe keys in {time.monotonic() - began:.1f}s; "
+                f"one lookup takes {dedupe_lookup_us(template):.1f} us",
+                flush=True,
+            )
+        for number in range(args.runs):
+            rundir = workdir / f"run{number}"
+            runs.append(
+                run(args.seconds, args.slices, args.connections, args.prefill, rundir, against, template)
+            )
+            if args.runs > 1:
+                print(f"\n== run {number + 1} of {args.runs}")
+                report(runs[-1], args.prefill)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(
-        f"\n{'':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'worst p99':>11}"
-        f"{'CPU us/req':>12}{'peak RSS MB':>13}"
-    )
-    for name, r in (("bare", bare), ("wahookd", daemon)):
-        print(
-            f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-            f"{r['worst_p99_ms']:>11.2f}{r['cpu_us']:>12.0f}{r['rss_mb']:>13.1f}"
-        )
-    kept_up = daemon["sink_lines"] >= daemon["accepted"] and daemon["non2xx"] == 0
-    ratios = zip(daemon["slices_rps"], bare["slices_rps"], strict=True)
-    print(
-        f"\nwahookd/bare throughput: {daemon['rps'] / bare['rps']:.0%}, "
-        f"by CPU per request {bare['cpu_us'] / daemon['cpu_us']:.0%} "
-        f"(per slice: {', '.join(f'{d / b:.0%}' for d, b in ratios)}); "
-        f"non-2xx: {daemon['non2xx']:.0f}; "
-        f"accepted {daemon['accepted']:.0f} (at the end of the load), "
-        f"sink lines {daemon['sink_lines']:.0f} ({daemon['sink_distinct']:.0f} distinct ids), "
-        f"backlog at end of load {daemon['backlog_at_end']:.0f}, "
-        f"caught up {daemon['catch_up_s']:.1f}s later; "
-        f"sink kept up: {'yes' if kept_up else 'NO'}; exit code on SIGTERM {daemon['exit_code']:.0f}; "
-        f"dedupe pre-filled with {args.prefill} keys"
-    )
-    print(json.dumps({"bare": bare, "wahookd": daemon, "prefill": args.prefill}))
+    if args.runs > 1:
+        print(f"\n== median of {args.runs} runs")
+    result = median_of(runs)
+    report(result, args.prefill)
+    print(json.dumps({"runs": runs, "median": result, "prefill": args.prefill}))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,39 @@ def test_sigkill_under_load_loses_no_accepted_event_and_doubles_none(
     assert daemon.stop() == 0
 
 
+def test_after_sigkill_under_load_every_accepted_webhook_is_still_a_duplicate(
+    daemon_factory: Any, tmp_path: Path
+) -> None:
+    """New dedupe keys reach the index in bulk; until then their events' rows hold them. A
+    SIGKILL in between forgets none: every webhook answered 200 before the kill, sent again
+    after the restart, is a duplicate, and the sink has each event once."""
+    out = tmp_path / "events.jsonl"
+    daemon: DaemonProcess = daemon_factory(CONFIG + sink_config(out)).start()
+    stop = threading.Event()
+    killer = threading.Timer(1.0, lambda: (daemon.kill(), stop.set()))
+    killer.start()
+    accepted = hammer(daemon.port, "AGAIN", 20_000, stop)
+    killer.join()
+    assert 50 < len(accepted) < 20_000, "the kill must land in the middle of the load"
+    with sqlite3.connect(daemon.state_dir / "journal.db") as conn:
+        in_index = conn.execute("SELECT count(*) FROM dedupe").fetchone()[0]
+    assert in_index < len(accepted)  # the kill left keys only in their events' rows
+    daemon.start()
+    again = [
+        json.loads(post(daemon.port, "/webhooks/shop", wasender_body(i), wasender_headers(SECRET))[1])
+        for i in accepted
+    ]
+    assert all(answer == {"accepted": 0, "duplicates": 1} for answer in again)
+    lines = wait_for_lines(out, len(accepted), timeout=30)
+    ids = [e["message_id"] for e in lines]
+    assert set(accepted) <= set(ids)
+    assert len(ids) == len(set(ids))
+    assert daemon.stop() == 0
+    assert '"event":"journal_dedupe_recovered"' in daemon.log()
+    with sqlite3.connect(daemon.state_dir / "journal.db") as conn:  # a clean stop merged them
+        assert conn.execute("SELECT count(*) FROM dedupe").fetchone()[0] >= len(set(ids))
+
+
 def test_sigterm_under_load_exits_zero_and_loses_nothing(daemon_factory: Any, tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
     daemon: DaemonProcess = daemon_factory(CONFIG + sink_config(out)).start()

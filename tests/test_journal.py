@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from wahookd.errors import JournalError
 from wahookd.events import Event, new_media
-from wahookd.journal import JOURNAL_FILE, Journal
+from wahookd.journal import JOURNAL_FILE, Journal, dedupe
 
 
 def event(event_id: str, source: str = "shop", media: bool = False) -> Event:
@@ -195,4 +196,94 @@ async def test_one_batch_of_many_requests_dedupes_across_them_and_keeps_order(
     new, dupes = await journal.commit([event("e299"), event("late"), event("fresh")])
     assert ([e.id for e in new], dupes) == (["fresh"], 2)
     assert journal.last_dseq == 303
+    await journal.close()
+
+
+def crash_image(source: Path, target: Path) -> Path:
+    """The journal's files as a SIGKILL leaves them: database and WAL, copied between two
+    commits (nothing is written meanwhile), without the merge a clean stop makes."""
+    target.mkdir()
+    for name in (JOURNAL_FILE, JOURNAL_FILE + "-wal"):
+        if (source / name).exists():
+            shutil.copyfile(source / name, target / name)
+    return target
+
+
+def indexed_keys(path: Path) -> int:
+    with sqlite3.connect(path / JOURNAL_FILE) as conn:
+        return int(conn.execute("SELECT count(*) FROM dedupe").fetchone()[0])
+
+
+async def test_unmerged_keys_are_read_back_from_their_events_after_a_crash(tmp_path: Path) -> None:
+    """New keys wait in memory and go into the index in bulk; their events' rows hold them
+    meanwhile, so a crash forgets none: a redelivery after it is still a duplicate."""
+    journal = await opened(tmp_path / "live")
+    await asyncio.gather(*(journal.commit([event(f"k{i}")]) for i in range(500)))
+    image = crash_image(tmp_path / "live", tmp_path / "crashed")
+    await journal.close()
+    assert indexed_keys(tmp_path / "live") == 500  # a clean stop merges every key
+    assert indexed_keys(image) == 0  # before it, the index held none of them
+
+    recovered = await opened(image)
+    assert recovered.dedupe_entries == 500
+    new, dupes = await recovered.commit([event(f"k{i}") for i in range(500)] + [event("new")])
+    assert ([e.id for e in new], dupes) == (["new"], 500)
+    await recovered.close()
+    assert indexed_keys(image) == 501
+
+
+async def test_a_merge_runs_in_slices_and_every_key_stays_known_throughout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `merge_at` unmerged keys a merge starts: one slice of the key space per batch.
+    Keys are found in memory or in the index at every step, and a crash in the middle of the
+    merge loses none of them (the journal reads back every key past the last full merge)."""
+    monkeypatch.setattr(dedupe, "ENTRIES_PER_SLICE", 64)  # 500 keys: 8 slices
+    journal = await opened(tmp_path / "live", dedupe_capacity=16 * 100)  # merge_at 100
+    await journal.commit([event(f"m{i}") for i in range(500)])
+    for i in range(3):  # three more batches: three more slices
+        new, dupes = await journal.commit([event(f"m{i}"), event(f"later{i}")])
+        assert ([e.id for e in new], dupes) == ([f"later{i}"], 1)
+    in_index = indexed_keys(tmp_path / "live")
+    assert 0 < in_index < 500  # part of the merge is written
+    image = crash_image(tmp_path / "live", tmp_path / "crashed")
+    for i in range(10):
+        await journal.commit([event(f"more{i}")])
+    assert indexed_keys(tmp_path / "live") >= 500  # done within a few more batches
+    await journal.close()
+
+    recovered = await opened(image)
+    new, dupes = await recovered.commit([event(f"m{i}") for i in range(500)])
+    assert (new, dupes) == ([], 500)
+    await recovered.close()
+
+
+async def test_a_failed_batch_leaves_no_unmerged_key_behind(tmp_path: Path) -> None:
+    """A key staged by a batch that rolls back must not count as known: the provider's
+    retry of that event would be taken for a duplicate and lost."""
+    journal = await opened(tmp_path, dedupe_capacity=16)  # merge_at 1: a merge every batch
+    await journal.commit([event("kept")])
+    pages = journal._writer_conn.execute("PRAGMA page_count").fetchone()[0]
+    journal._writer_conn.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(JournalError):
+        await journal.commit([event("y" * 3000 + str(i)) for i in range(50)])
+    journal._writer_conn.execute("PRAGMA max_page_count=1073741823")
+    await journal.commit([event("between")])  # a batch that commits comes first
+    new, dupes = await journal.commit([event("y" * 3000 + "0"), event("kept")])
+    assert (len(new), dupes) == (1, 1)
+    await journal.close()
+
+
+async def test_an_idle_writer_merges_keys_that_waited_long_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dedupe, "MERGE_AFTER_SECONDS", 0.0)
+    journal = await opened(tmp_path)
+    await journal.commit([event("quiet")])
+    assert indexed_keys(tmp_path) == 0
+    for _ in range(40):  # the writer's idle timer is a second
+        if indexed_keys(tmp_path) == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert indexed_keys(tmp_path) == 1
     await journal.close()

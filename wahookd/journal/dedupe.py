@@ -5,19 +5,156 @@ Indexed both ways (by key, by use); the oldest entries are evicted past
 keys, and the index lives on disk, so memory does not grow with the capacity. These run on
 the writer's connection inside its batch transaction, so a new event and its key are one
 commit.
+
+A new key does not go into the index at once (`UnmergedKeys`): the keys are random, so each
+one lands on a leaf page of its own, and a batch of 50 events dirtied about 50 index pages:
+two thirds of the WAL bytes and half the writer's CPU per event. The key is durable all the
+same, in its event's row (`events.source` and `events.id` give it back), and the index takes
+the keys in bulk, sorted, a slice of the key space per batch, so that each index page is
+written once for many keys. After a crash the keys of the events past the last merge are
+read back from their rows (`UnmergedKeys.recover`) before the first request is answered.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
+import math
 import sqlite3
+import time
 from collections.abc import Iterable
 
 from wahookd.journal.schema import chunks, insert_rows, placeholders, rows_per_statement
 
+MERGED_SEQ = "dedupe_merged_seq"  # meta key: every event up to this seq has its key in the index
+MERGE_KEYS = 16_384  # unmerged keys that start a merge (capacity // 16 when that is less)
+# Index entries per merge slice: ~230 keys fit a leaf page, so one slice is ~70 pages, what
+# a batch of 50 events used to dirty for its own keys.
+ENTRIES_PER_SLICE = 16_384
+MAX_SLICES = 256  # slices are ranges of the first key byte
+MERGE_AFTER_SECONDS = 60.0  # a writer idle with keys this old merges them all
+
 
 def dedupe_key(source: str, event_id: str) -> bytes:
     return hashlib.blake2b(f"{source}\x00{event_id}".encode(), digest_size=16).digest()
+
+
+class UnmergedKeys:
+    """The keys whose events are committed but which the index does not hold yet.
+
+    Writer thread only. A batch stages what it changes (`add`, `touch`, `merge_step`); the
+    writer applies it with `committed()` once the transaction has committed, or drops it with
+    `rolled_back()`: a key must never count as known for an event that was not stored.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.keys: dict[bytes, int] = {}  # key -> its LRU counter
+        self.merge_at = min(MERGE_KEYS, capacity // 16)
+        self.merged_seq = 0
+        self.since: float | None = None  # monotonic time of the oldest unmerged key
+        self._slices: list[list[bytes]] = []  # a running merge: its slices still to write
+        self._merge_seq = 0  # ... and the seq up to which the index is complete after it
+        self._added: dict[bytes, int] = {}  # staged by the batch being written
+        self._written = 0  # slices this batch wrote
+        self._started = False  # this batch started the merge (its slices hold staged keys)
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self._added)
+
+    def known(self, conn: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
+        """Which of `keys` are known: unmerged, or in the index."""
+        known = {key for key in keys if key in self.keys}
+        return known | known_keys(conn, [key for key in keys if key not in known])
+
+    def add(self, key: bytes, used: int) -> None:
+        self._added[key] = used
+
+    def touch(self, conn: sqlite3.Connection, touched: list[tuple[int, bytes]]) -> None:
+        """Mark (used, key) as used just now, wherever the key is."""
+        in_index = []
+        for used, key in touched:
+            if key in self.keys or key in self._added:
+                self._added[key] = used
+            else:
+                in_index.append((used, key))
+        touch_keys(conn, in_index)
+
+    def merge_step(
+        self, conn: sqlite3.Connection, last_seq: int, indexed: int, *, everything: bool = False
+    ) -> int:
+        """Start a merge when enough keys wait (any key, for `everything`), and write its
+        next slice (every slice, for `everything`). `last_seq` is the journal's last event,
+        `indexed` the index's size. Returns how many keys were written."""
+        if not self._slices and len(self) > (0 if everything else self.merge_at):
+            self._start(last_seq, indexed)
+        written = 0
+        while self._written < len(self._slices):
+            part = self._slices[-1 - self._written]
+            merge_rows(conn, [(key, self._added.get(key) or self.keys[key]) for key in part])
+            written += len(part)
+            self._written += 1
+            if self._written == len(self._slices):
+                set_merged_seq(conn, self._merge_seq)
+            if not everything:
+                break
+        return written
+
+    def _start(self, last_seq: int, indexed: int) -> None:
+        ordered = sorted({**self.keys, **self._added})
+        count = min(MAX_SLICES, max(1, math.ceil((indexed + len(ordered)) / ENTRIES_PER_SLICE)))
+        bounds = [0, *(bisect.bisect_left(ordered, bytes([256 * i // count])) for i in range(1, count))]
+        bounds.append(len(ordered))
+        # Each slice is a range of the key space, so that its rows land on a range of the
+        # index's pages. Kept last slice first: a written slice comes off the list's end.
+        self._slices = [ordered[a:b] for a, b in itertools.pairwise(bounds) if b > a][::-1]
+        self._merge_seq = last_seq
+        self._started = True
+
+    def committed(self) -> None:
+        if self._added:
+            if self.since is None:
+                self.since = time.monotonic()
+            self.keys.update(self._added)
+            self._added.clear()
+        for _ in range(self._written):
+            for key in self._slices.pop():
+                self.keys.pop(key, None)
+            if not self._slices:
+                self.merged_seq = self._merge_seq
+                self.since = time.monotonic() if self.keys else None
+        self._written = 0
+        self._started = False
+
+    def rolled_back(self) -> None:
+        if self._started:  # its slices hold keys of events that were not stored
+            self._slices = []
+        self._added.clear()
+        self._written = 0
+        self._started = False
+
+    def complete_seq(self) -> int:
+        """The seq up to which the index holds every key once this batch commits."""
+        return self._merge_seq if self._slices and self._written == len(self._slices) else self.merged_seq
+
+    def idle_merge_due(self) -> bool:
+        return self.since is not None and time.monotonic() - self.since > MERGE_AFTER_SECONDS
+
+    def recover(self, conn: sqlite3.Connection, used: int) -> int:
+        """Read back the keys of the events past the last merge (after a crash: a clean stop
+        merges everything). Returns the LRU counter after them."""
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (MERGED_SEQ,)).fetchone()
+        self.merged_seq = int(row[0]) if row else 0
+        rows = conn.execute("SELECT source, id FROM events WHERE seq > ? ORDER BY seq", (self.merged_seq,))
+        keys = [dedupe_key(source, event_id) for source, event_id in rows]
+        indexed = known_keys(conn, keys)
+        for key in keys:
+            if key not in indexed and key not in self.keys:
+                used += 1
+                self.keys[key] = used
+        if self.keys:
+            self.since = time.monotonic()
+        return used
 
 
 def known_keys(conn: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
@@ -30,15 +167,26 @@ def known_keys(conn: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
     return known
 
 
-def add_keys(conn: sqlite3.Connection, rows: list[tuple[bytes, int]]) -> None:
-    """New (key, used) rows."""
-    insert_rows(conn, "INSERT INTO dedupe (key, used) VALUES", 2, rows)
+def merge_rows(conn: sqlite3.Connection, rows: list[tuple[bytes, int]]) -> None:
+    """(key, used) rows into the index; a key it holds already (merged before a crash, or
+    written by `forget`) keeps the later counter."""
+    insert_rows(
+        conn,
+        "INSERT INTO dedupe (key, used) VALUES",
+        2,
+        rows,
+        suffix="ON CONFLICT(key) DO UPDATE SET used = max(used, excluded.used)",
+    )
 
 
 def touch_keys(conn: sqlite3.Connection, touched: list[tuple[int, bytes]]) -> None:
     """Mark (used, key) as used just now: a duplicate keeps its key young."""
     if touched:
         conn.executemany("UPDATE dedupe SET used = ? WHERE key = ?", touched)
+
+
+def set_merged_seq(conn: sqlite3.Connection, seq: int) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (MERGED_SEQ, str(seq)))
 
 
 def evict_oldest(conn: sqlite3.Connection, excess: int) -> None:
@@ -53,6 +201,15 @@ def usage(conn: sqlite3.Connection) -> tuple[int, int]:
     used = conn.execute("SELECT coalesce(max(used), 0) FROM dedupe").fetchone()[0]
     entries = conn.execute("SELECT count(*) FROM dedupe").fetchone()[0]
     return int(used), int(entries)
+
+
+def unmerged_count(conn: sqlite3.Connection) -> int:
+    """Events past the last merge (read by another process: at most their keys are
+    unmerged, some of them may have been merged by a merge still running)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (MERGED_SEQ,)).fetchone()
+    return int(
+        conn.execute("SELECT count(*) FROM events WHERE seq > ?", (int(row[0]) if row else 0,)).fetchone()[0]
+    )
 
 
 def fill(conn: sqlite3.Connection, rows: Iterable[tuple[bytes, int]]) -> None:

@@ -167,7 +167,8 @@ class JournalMaintenance(JournalReader):
         came after its scan), the `retries` rows of their ids, and journal `forget_event`
         with no delivery position, as an event waiting for media is: the running daemon's
         media stage gives it the next position (this process must not: the daemon's writer
-        numbers events from memory), so every sink receives it. Dedupe keys stay."""
+        numbers events from memory), so every sink receives it. Dedupe keys stay: those that
+        only the erased rows held (not merged yet, `dedupe.UnmergedKeys`) go into the index."""
         with self._transaction() as conn:
             tail = self.contact_rows(addresses, found.scanned_seq, found.scanned_dead)
             seqs = [stored.seq for stored in (*found.events, *tail.events)]
@@ -179,23 +180,27 @@ class JournalMaintenance(JournalReader):
             dead_letters: list[dict[str, Any]] = []
             event_ids: set[str] = set()
             passed = min(self.cursors().values(), default=0)
+            used = int(conn.execute("SELECT coalesce(max(used), 0) FROM dedupe").fetchone()[0])
+            keys: list[tuple[bytes, int]] = []
             for start in range(0, len(seqs), MAINTENANCE_CHUNK):
                 part = seqs[start : start + MAINTENANCE_CHUNK]
                 marks = ",".join("?" * len(part))
                 # Read again under the lock: the media stage may have finished one since the
                 # scan (a position and `media.stored` of its own).
                 rows = conn.execute(
-                    f"SELECT seq, dseq, id, body FROM events WHERE seq IN ({marks})",  # noqa: S608 - marks only
+                    f"SELECT seq, dseq, id, source, body FROM events WHERE seq IN ({marks})",  # noqa: S608 - marks only
                     part,
                 ).fetchall()
-                for _seq, dseq, event_id, body in rows:
+                for _seq, dseq, event_id, source, body in rows:
                     events.append(load_json(body))
                     event_ids.add(event_id)
+                    keys.append((dedupe.dedupe_key(source, event_id), used))
                     if dseq is not None:
                         raise_high_water(conn, dseq)
                         if dseq > passed:
                             conn.execute("INSERT OR IGNORE INTO erased (dseq) VALUES (?)", (dseq,))
                 conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", part)  # noqa: S608 - marks only
+            dedupe.merge_rows(conn, keys)
             for start in range(0, len(dead_ids), MAINTENANCE_CHUNK):
                 part = dead_ids[start : start + MAINTENANCE_CHUNK]
                 marks = ",".join("?" * len(part))

@@ -256,7 +256,7 @@ class PgJournal(JournalWriter):
         self.last_dseq = max(self.last_dseq, last)
         return outcomes
 
-    def _evict(self, conn: psycopg.Connection[Any]) -> None:  # type: ignore[override]
+    def _evict(self, conn: psycopg.Connection[Any]) -> None:
         excess = self.dedupe_entries - self.dedupe_capacity
         if excess > 0:
             deleted = conn.execute(

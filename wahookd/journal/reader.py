@@ -164,7 +164,7 @@ class JournalReader:
             events=one("SELECT count(*) FROM events"),
             media_pending=one("SELECT count(*) FROM events WHERE dseq IS NULL"),
             media_oldest=one("SELECT min(received_at) FROM events WHERE dseq IS NULL"),
-            dedupe_entries=one("SELECT count(*) FROM dedupe"),
+            dedupe_entries=one("SELECT count(*) FROM dedupe") + dedupe.unmerged_count(self.conn),
             cursors=self.cursors(),
             dead_letters=dict(self.conn.execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink")),
             paused=paused,

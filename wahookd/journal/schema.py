@@ -134,9 +134,9 @@ def placeholders(count: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def rows_sql(statement: str, width: int, rows: int) -> str:
-    """`statement` followed by `rows` groups of `width` placeholders."""
-    return statement + " " + ", ".join([placeholders(width)] * rows)
+def rows_sql(statement: str, width: int, rows: int, suffix: str = "") -> str:
+    """`statement` followed by `rows` groups of `width` placeholders (and `suffix`)."""
+    return f"{statement} {', '.join([placeholders(width)] * rows)} {suffix}".rstrip()
 
 
 def chunks(count: int, most: int) -> list[tuple[int, int]]:
@@ -159,14 +159,15 @@ def rows_per_statement(conn: sqlite3.Connection, width: int) -> int:
 
 
 def insert_rows(
-    conn: sqlite3.Connection, statement: str, width: int, rows: list[tuple[Any, ...]]
+    conn: sqlite3.Connection, statement: str, width: int, rows: list[tuple[Any, ...]], suffix: str = ""
 ) -> list[int]:
-    """Insert `rows` in a few statements; returns their rowids (for a rowid table: the
-    dedupe table has none, and its caller ignores them)."""
+    """Insert `rows` in a few statements (each ending in `suffix`, e.g. an upsert clause);
+    returns their rowids (for a rowid table: the dedupe table has none, and its caller
+    ignores them)."""
     rowids: list[int] = []
     for start, size in chunks(len(rows), rows_per_statement(conn, width)):
         values = [value for row in rows[start : start + size] for value in row]
-        last = conn.execute(rows_sql(statement, width, size), values).lastrowid or 0
+        last = conn.execute(rows_sql(statement, width, size, suffix), values).lastrowid or 0
         # One statement takes consecutive rowids: nothing else writes meanwhile.
         rowids.extend(range(last - size + 1, last + 1))
     return rowids

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from wahookd.errors import JournalError
 from wahookd.events import Event, load_json
 from wahookd.journal import dedupe
@@ -37,7 +39,9 @@ from wahookd.journal.schema import (
     max_cursor,
     raise_high_water,
 )
-from wahookd.journal.writer import READ_BYTES, JournalWriter, _Job
+from wahookd.journal.writer import READ_BYTES, JournalWriter, _Job, name_os_thread
+
+log = structlog.get_logger("wahookd.journal")
 
 
 class Journal(JournalWriter):
@@ -58,7 +62,15 @@ class Journal(JournalWriter):
         self.last_dseq = 0
         self.dedupe_entries = 0
         self._used = 0
-        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="journal-read")
+        self._unmerged = dedupe.UnmergedKeys(dedupe_capacity)
+        self._last_seq = 0  # the last event's seq (writer thread)
+        self._batch_last_seq = 0  # ... once the batch being written commits
+        self._readers = ThreadPoolExecutor(
+            max_workers=2,
+            thread_name_prefix="journal-read",
+            initializer=name_os_thread,
+            initargs=("journal-read",),
+        )
         self._local = threading.local()
         self._delivery_rows: dict[str, tuple[int, float]] = {}  # sink -> its latest (dseq, at)
 
@@ -79,6 +91,13 @@ class Journal(JournalWriter):
         # skipped by that sink for good.
         self.last_dseq = max(high_water(conn), max_cursor(conn))
         self._used, self.dedupe_entries = dedupe.usage(conn)
+        self._used = self._unmerged.recover(conn, self._used)
+        if self._unmerged.keys:
+            log.info("journal_dedupe_recovered", keys=len(self._unmerged.keys))
+        self.dedupe_entries += len(self._unmerged.keys)
+        self._last_seq = self._batch_last_seq = int(
+            conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        )
         self.start_writer(conn)
 
     async def close(self) -> None:
@@ -123,8 +142,7 @@ class Journal(JournalWriter):
         now = time.time()
         received_at = format_time_from(now)
         keys = [dedupe.dedupe_key(event.source, event.id) for job in jobs for event in job.events or ()]
-        known = dedupe.known_keys(conn, keys)
-        dedupe_rows: list[tuple[bytes, int]] = []
+        known = self._unmerged.known(conn, keys)
         touched: list[tuple[int, bytes]] = []
         event_rows: list[tuple[str, str, str, float, int | None, str]] = []
         outcomes = []
@@ -141,7 +159,8 @@ class Journal(JournalWriter):
                     duplicates += 1
                     continue
                 known.add(key)
-                dedupe_rows.append((key, self._used))
+                self._unmerged.add(key, self._used)
+                self.dedupe_entries += 1
                 event.received_at = received_at
                 dseq: int | None = None
                 if event.media is None:
@@ -153,9 +172,7 @@ class Journal(JournalWriter):
                 event_rows.append((event.id, event.source, event.kind, now, dseq, body))
                 new.append(event)
             outcomes.append((new, duplicates))
-        dedupe.add_keys(conn, dedupe_rows)
-        self.dedupe_entries += len(dedupe_rows)
-        dedupe.touch_keys(conn, touched)
+        self._unmerged.touch(conn, touched)
         seqs = insert_rows(
             conn,
             "INSERT INTO events (id, source, kind, received_at, dseq, body) VALUES",
@@ -165,13 +182,54 @@ class Journal(JournalWriter):
         for row, seq in zip(event_rows, seqs, strict=True):
             if row[4] is not None:
                 self._fresh.append(ReadyEvent(row[4], seq, row[5]))
+        if seqs:
+            self._batch_last_seq = seqs[-1]
         return outcomes
 
-    def _evict(self, conn: sqlite3.Connection) -> None:
-        excess = self.dedupe_entries - self.dedupe_capacity
+    def _finish_batch(self, conn: sqlite3.Connection, *, merge_all: bool = False) -> None:
+        """The dedupe index's share of a batch: the next slice of a merge, then eviction."""
+        unmerged = self._unmerged
+        indexed = self.dedupe_entries - len(unmerged)
+        indexed += unmerged.merge_step(conn, self._batch_last_seq, indexed, everything=merge_all)
+        # Unmerged keys are the youngest (a touched key aside): the index holds the oldest.
+        excess = min(self.dedupe_entries - self.dedupe_capacity, indexed)
         if excess > 0:
             dedupe.evict_oldest(conn, excess)
             self.dedupe_entries -= excess
+
+    def _batch_done(self, committed: bool) -> None:
+        if committed:
+            self._unmerged.committed()
+            self._last_seq = self._batch_last_seq
+        else:
+            self._unmerged.rolled_back()
+            self._batch_last_seq = self._last_seq
+
+    def _idle_work_waiting(self) -> bool:
+        return self._unmerged.since is not None
+
+    def _idle(self, conn: sqlite3.Connection, *, closing: bool = False) -> None:
+        """Merge every unmerged key once the writer is idle and they have waited long
+        enough, or when it stops (a clean restart reads none of them back)."""
+        if not (closing or self._unmerged.idle_merge_due()):
+            return
+        for _ in range(2):  # a merge that was running, then the keys that came after it
+            if not len(self._unmerged):
+                return
+            saved = self.dedupe_entries
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                self._finish_batch(conn, merge_all=True)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.rollback()
+                self.dedupe_entries = saved
+                self._batch_done(False)
+                log.warning("journal_dedupe_merge_failed", error=str(exc))
+                return
+            self._batch_done(True)
 
     async def probe(self) -> bool:
         """Try a tiny write; true when the journal accepts writes again."""
@@ -336,10 +394,14 @@ class Journal(JournalWriter):
             ).fetchone()
             if row[1] < len(names):  # a sink has not started yet: keep everything
                 return 0, 0
+            # An event's row holds its dedupe key until the key is merged into the index:
+            # merge them now, and keep the events past the merge (keys that came meanwhile).
+            unmerged = self._unmerged
+            unmerged.merge_step(conn, self._batch_last_seq, 0, everything=True)
             deleted = conn.execute(
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE dseq <= ? "
-                "AND received_at < ? ORDER BY dseq LIMIT ?)",
-                (row[0], older_than, limit),
+                "AND received_at < ? AND seq <= ? ORDER BY dseq LIMIT ?)",
+                (row[0], older_than, unmerged.complete_seq(), limit),
             ).rowcount
             if deleted:
                 # Every sink passed `row[0]`: that far, positions were handed out, and the
