@@ -199,3 +199,29 @@ def request_text(daemon: DaemonProcess, path: str) -> str:
     text = conn.getresponse().read().decode()
     conn.close()
     return text
+
+
+def test_a_connection_waiting_for_headers_is_closed_after_idle_timeout(daemon_factory: Any) -> None:
+    """An idle keep-alive connection and one that trickles its headers are both closed once
+    they waited `server.idle_timeout` for headers; one that keeps sending requests is not."""
+    daemon = daemon_factory(CONFIG, env={"WAHOOKD_SERVER__IDLE_TIMEOUT": "1.0"}).start()
+    idle = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=5)
+    idle.request("POST", "/webhooks/shop", wasender_body("IDLE1"), wasender_headers(SECRET))
+    assert idle.getresponse().read()
+    trickle = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
+    trickle.sendall(b"POST /webhooks/shop HTTP/1.1\r\nHost: x\r\n")
+    busy = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=5)
+    began = time.monotonic()
+    for n in range(8):  # a request every 0.3 s: never idle for a second
+        busy.request("POST", "/webhooks/shop", wasender_body(f"BUSY{n}"), wasender_headers(SECRET))
+        answer = busy.getresponse()
+        answer.read()
+        assert answer.status == 200
+        time.sleep(0.3)
+    assert trickle.recv(1024) == b""  # closed by the server, without an answer
+    assert time.monotonic() - began < 4.5
+    assert idle.sock is not None
+    assert idle.sock.recv(1024) == b""
+    busy.close()
+    trickle.close()
+    idle.close()

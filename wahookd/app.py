@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -23,6 +25,10 @@ from wahookd.intake import PREFIX, IntakeFactory, answer_and_close
 log = structlog.get_logger("wahookd.http")
 MAX_URL_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+# A connection that waits `server.idle_timeout` for a request's headers (idle keep-alive,
+# or a client that trickles them) is closed, by a sweep every few seconds rather than by
+# Tornado's header timeout, which sets and cancels a timer for every request.
+IDLE_SWEEP_SECONDS = 5.0
 
 
 class NotFoundHandler(BaseHandler):
@@ -71,11 +77,34 @@ class Router(httputil.HTTPServerConnectionDelegate):
     def __init__(self, intake: IntakeFactory, application: tornado.web.Application) -> None:
         self.intake = intake
         self.application = application
+        # Connections waiting for a request's headers, and since when (Tornado asks for a
+        # delegate as it starts to read the next request).
+        self.waiting: dict[object, float] = {}
+        self.sweeping = False
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
     ) -> httputil.HTTPMessageDelegate:
+        self.waiting[server_conn] = time.monotonic()
+        if not self.sweeping:
+            self.sweeping = True
+            self.sweep_later()
         return _Dispatch(self, server_conn, request_conn)
+
+    def sweep_later(self) -> None:
+        seconds = min(IDLE_SWEEP_SECONDS, self.intake.state.settings.server.idle_timeout / 4)
+        asyncio.get_running_loop().call_later(seconds, self.sweep)
+
+    def sweep(self) -> None:
+        """Close the connections that have waited `server.idle_timeout` for headers."""
+        deadline = time.monotonic() - self.intake.state.settings.server.idle_timeout
+        for server_conn, since in list(self.waiting.items()):
+            if since < deadline:
+                del self.waiting[server_conn]
+                server_conn.stream.close()  # type: ignore[attr-defined]
+        self.sweeping = bool(self.waiting)
+        if self.sweeping:
+            self.sweep_later()
 
 
 class _Dispatch(httputil.HTTPMessageDelegate):
@@ -91,6 +120,7 @@ class _Dispatch(httputil.HTTPMessageDelegate):
         headers: httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
         assert isinstance(start_line, httputil.RequestStartLine)
+        self.router.waiting.pop(self.server_conn, None)
         refusal = oversized(start_line, headers)
         if refusal is not None:
             self.refuse(start_line, *refusal)
@@ -121,6 +151,7 @@ class _Dispatch(httputil.HTTPMessageDelegate):
         self.delegate.finish()
 
     def on_connection_close(self) -> None:
+        self.router.waiting.pop(self.server_conn, None)
         if self.delegate is not None:
             self.delegate.on_connection_close()
 

@@ -287,11 +287,13 @@ async def serve(prepared: Prepared, config: str | None = None) -> int:
         # Above SPEC's 64 KiB of headers and 8 KiB of URL the router answers 431/414
         # itself; Tornado's cut (a dropped connection) only comes past this.
         max_header_size=MAX_HEADER_READ,
-        idle_connection_timeout=60,
         # Tornado allocates (and zeroes) a buffer of this size for every read from a
         # socket; its 64 KiB default cost ~10% of a webhook's CPU. Webhooks are a few KB.
         chunk_size=READ_CHUNK_BYTES,
     )
+    # The router closes idle connections itself (`server.idle_timeout`): Tornado's header
+    # timeout (an hour when not set) is a timer set and cancelled for every request.
+    server.conn_params.header_timeout = None
     servers = [server]
     try:
         listen(server, server_settings.listen, "server.listen")

@@ -198,6 +198,9 @@ class ServerSettings(Section):
         description="peers whose X-Forwarded-For/-Proto/-Host headers are believed",
     )
     body_timeout: float = Field(30.0, gt=0, description="seconds a client may take to send a body")
+    idle_timeout: float = Field(
+        60.0, gt=0, description="seconds a connection may wait for a request's headers before it is closed"
+    )
     drain_seconds: float = Field(
         15.0, ge=0, description="on SIGTERM, how long in-flight requests and sinks may finish"
     )
