@@ -65,7 +65,8 @@ WINDOW = 10_000
 # ... and how many bytes of event bodies it holds unsettled in memory at most (at least one
 # event): measured in a soak, 10,000 parsed events held during an outage were 80 MB of RSS.
 WINDOW_BYTES = 4 * 1024 * 1024
-# How often a busy sink flushes and records its position (an idle one does it at once).
+# How often a busy sink flushes and records its position at most (one that was quiet for
+# this long does it at once).
 SAVE_SECONDS = 0.2
 # The longest a down target goes untried while events wait for it: one request per sink this
 # often is no load on anyone, and a target that comes back is found within it. A success
@@ -207,7 +208,8 @@ class SinkWorker:
         self.backlog = metrics.sink_backlog.labels(name)
         self.paused_gauge = metrics.sink_paused.labels(name)
         # When the oldest event this sink has not delivered was made durable; None: caught up.
-        self._pending_since: float | None = None
+        # Or that event's body, read when scraped: decoding it for every batch cost more.
+        self._pending_since: float | str | None = None
         metrics.sink_oldest_pending.labels(name).set_function(self.oldest_pending_seconds)
         # What events waiting (for a retry, a pause, a lane) listen to: set and replaced on a
         # recovery, a reconfiguration, a pause or resume, and `stop()`.
@@ -245,6 +247,8 @@ class SinkWorker:
     def oldest_pending_seconds(self) -> float:
         """`wahookd_sink_oldest_pending_seconds`, computed when scraped: 0 when caught up."""
         since = self._pending_since
+        if isinstance(since, str):
+            since = received_epoch(since)
         return 0.0 if since is None else max(0.0, time.time() - since)
 
     def _count_backlog(self) -> None:
@@ -384,9 +388,16 @@ class SinkWorker:
                     return False
                 continue
             self._count_backlog()
-            self._pending_since = received_epoch(batch[0].body) if batch else None
+            self._pending_since = batch[0].body if batch else None
             if not batch:
                 if delivered > self.cursor:
+                    # Caught up: flush and record at once, unless the last time was less than
+                    # `SAVE_SECONDS` ago: then more events may come first (under load the
+                    # sink catches up after every group commit, and a flush per commit was a
+                    # thread hand-over and a journal write each).
+                    wait = SAVE_SECONDS - (time.monotonic() - last_save)
+                    if wait > 0 and not self._stopping.is_set() and await self._woken_within(wait):
+                        continue
                     if not await self._save(delivered):
                         delivered = self.cursor  # the sink lost them: deliver them again
                         if await self._sleep_or_stop(1.0):
@@ -718,6 +729,14 @@ class SinkWorker:
                 if not self.table.matches(event):
                     return "dropped"
                 retry_at = min(retry_at, failed_at + self.table.backoff_max)
+
+    async def _woken_within(self, seconds: float) -> bool:
+        """Wait up to `seconds` for new events (or a stop); true if woken."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def _sleep_or_stop(self, delay: float) -> bool:
         """Sleep `delay` seconds; true if asked to stop meanwhile."""
