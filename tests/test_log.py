@@ -47,3 +47,24 @@ def test_timestamps_read_as_structlogs_own() -> None:
     assert re.fullmatch(pattern, theirs)
     gap = datetime.fromisoformat(theirs) - datetime.fromisoformat(ours)
     assert timedelta(0) <= gap < timedelta(seconds=1)
+
+
+LINES_SCRIPT = """
+import structlog
+from wahookd.log import configure_logging, info_line, set_level
+configure_logging()
+log = structlog.get_logger("wahookd.http")
+log.info("request", method="POST", source="shop", status=200, ms=1.5, accepted=1)
+info_line(log, "request", {"method": "POST", "source": "shop", "status": 200, "ms": 1.5, "accepted": 1})
+set_level("warning")
+info_line(log, "request", {"method": "dropped"})
+"""
+
+
+def test_the_access_line_without_structlogs_chain_is_the_chains_line() -> None:
+    done = subprocess.run([sys.executable, "-c", LINES_SCRIPT], capture_output=True, timeout=60)
+    chain, direct, *rest = done.stderr.decode().splitlines()
+    assert rest == []  # below the level: not written
+    drop_time = re.compile(r'"timestamp":"[^"]+"')
+    assert drop_time.sub("", direct) == drop_time.sub("", chain)  # same keys, same order
+    assert json.loads(direct)["level"] == "info"

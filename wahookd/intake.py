@@ -28,6 +28,7 @@ from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 from wahookd.errors import JournalError, ParseError
 from wahookd.events import Event, dump_json
 from wahookd.handlers import AppState
+from wahookd.log import info_line
 from wahookd.providers import InboundRequest, Provider
 from wahookd.ratelimit import client_ip, is_trusted
 from wahookd.settings import SourceSettings
@@ -330,11 +331,10 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
             # same provider message id, and every sink must still get both events.
             event.id = f"{self.source_name}:{event.id}"
         try:
-            future = state.journal.submit(events)
+            state.journal.submit_then(events, self.committed)
         except JournalError:  # closed under us: as any other failure to store, a 503
             raise Rejected(503, "cannot store event", retry_after=5) from None
         self.waiting = True
-        future.add_done_callback(self.committed)
 
     async def keep_rejected(self, body: bytes, reason: str) -> None:
         try:
@@ -342,21 +342,23 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
         finally:
             self.reject(Rejected(400, "unparseable body"))
 
-    def committed(self, future: asyncio.Future[tuple[list[Event], int]]) -> None:
+    def committed(self, result: tuple[list[Event], int] | None, error: BaseException | None) -> None:
         try:
-            self.answer_committed(future)
+            self.answer_committed(result, error)
         except Rejected as rejected:
             self.reject(rejected)
         except Exception:
             self.failed()
 
-    def answer_committed(self, future: asyncio.Future[tuple[list[Event], int]]) -> None:
+    def answer_committed(self, result: tuple[list[Event], int] | None, error: BaseException | None) -> None:
         assert self.provider is not None
-        try:
-            new, duplicates = future.result()
-        except JournalError:
+        if isinstance(error, JournalError):
             # Never a 200 for an event that is not durable, never a 4xx for our own fault.
-            raise Rejected(503, "cannot store event", retry_after=5) from None
+            raise Rejected(503, "cannot store event", retry_after=5)
+        if error is not None:
+            raise error
+        assert result is not None
+        new, duplicates = result
         state = self.state
         metrics = state.metrics
         for event in new:
@@ -457,12 +459,11 @@ class WebhookRequest(httputil.HTTPMessageDelegate):
         if not self.state.settings.server.access_log:
             return
         # One canonical line per request.
-        log.info(
-            "request",
-            method=self.method,
-            source=self.label,
-            status=status,
-            client=self.client,
-            ms=round(elapsed * 1000, 2),
-            **self.outcome,
-        )
+        fields = {
+            "method": self.method,
+            "source": self.label,
+            "status": status,
+            "client": self.client,
+            "ms": round(elapsed * 1000, 2),
+        }
+        info_line(log, "request", fields | self.outcome)

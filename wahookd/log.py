@@ -117,6 +117,25 @@ def add_timestamp(_: object, __: str, event: MutableMapping[str, Any]) -> Mutabl
 _clock: tuple[int, str] = (-1, "")
 
 
+# The JSON mode's writer, for `info_line`; None on a TTY (or before `configure_logging`).
+_json_writer: LineWriter | None = None
+
+
+def info_line(logger: Any, event: str, fields: dict[str, Any]) -> None:
+    """`logger.info(event, **fields)`, byte for byte as the processor chain writes it in JSON
+    mode, without the chain: the access log's path, one line per request, where structlog's
+    bound-logger machinery took ~3 times the line's own cost. `fields` is consumed."""
+    writer = _json_writer
+    if writer is None:
+        logger.info(event, **fields)
+        return
+    if _threshold > LEVELS["info"]:
+        return
+    fields["event"] = event
+    fields["level"] = "info"
+    writer.info(_to_json(add_timestamp(None, "info", fields)))
+
+
 def flush_logs() -> None:
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.flush()
@@ -125,7 +144,7 @@ def flush_logs() -> None:
 
 
 def configure_logging(level: str = "info", *, json_output: bool | None = None) -> None:
-    global _stream, _text
+    global _stream, _text, _json_writer
     if json_output is None:
         json_output = not sys.stderr.isatty()
     processors: list[structlog.types.Processor] = [
@@ -150,10 +169,11 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None) -
                 sys.stderr = _text
             atexit.register(flush_logs)
         journald = under_journald()
-        writer = LineWriter(_stream, priorities=journald)
+        writer = _json_writer = LineWriter(_stream, priorities=journald)
         factory: Any = lambda *_: writer  # noqa: E731 - structlog wants a factory
         handler_stream = _text
     else:
+        _json_writer = None
         processors.append(structlog.dev.ConsoleRenderer())
         factory = structlog.PrintLoggerFactory(sys.stderr)
         journald = False

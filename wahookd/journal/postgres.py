@@ -311,16 +311,6 @@ class PgJournal(JournalWriter):
 
     # -- intake ----------------------------------------------------------------
 
-    async def commit(self, events: list[Event]) -> tuple[list[Event], int]:
-        return await self.submit(events)
-
-    def submit(self, events: list[Event]) -> asyncio.Future[tuple[list[Event], int]]:
-        if not events:
-            done: asyncio.Future[tuple[list[Event], int]] = asyncio.get_running_loop().create_future()
-            done.set_result(([], 0))
-            return done
-        return self._submit(None, events)
-
     async def probe(self) -> bool:
         try:
             await self._submit(lambda conn: conn.execute("SELECT 1"))

@@ -117,21 +117,6 @@ class Journal(JournalWriter):
 
     # -- intake ----------------------------------------------------------------
 
-    async def commit(self, events: list[Event]) -> tuple[list[Event], int]:
-        """Make the new events durable; returns them and the number of duplicates.
-
-        Raises `JournalError` when the write fails (the caller answers 503).
-        """
-        return await self.submit(events)
-
-    def submit(self, events: list[Event]) -> asyncio.Future[tuple[list[Event], int]]:
-        """`commit` as a future, for the intake, which answers from a callback."""
-        if not events:
-            done: asyncio.Future[tuple[list[Event], int]] = asyncio.get_running_loop().create_future()
-            done.set_result(([], 0))
-            return done
-        return self._submit(None, events)
-
     def _insert_events(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[list[Event], int]]:
         """Commit the events of every intake job in the batch: (new events, duplicates) each.
 

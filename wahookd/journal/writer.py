@@ -3,7 +3,7 @@
 Every write goes through one writer thread that drains all waiting jobs into a single
 transaction (group commit): with ``durability = "fsync"`` concurrent requests share one
 fsync instead of queueing for one each, which is what keeps throughput near the bare
-HTTP handler's. A job's future resolves only after its transaction has committed, so a
+HTTP handler's. A job is answered only after its transaction has committed, so a
 ``200`` is never sent for an event that a power cut could take back.
 
 The WAL stays bounded: a thread of its own copies it into the database (passive
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import queue
 import sqlite3
 import sys
@@ -68,14 +69,27 @@ def name_os_thread(name: str) -> None:
         ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # 15: PR_SET_NAME
 
 
+Done = Callable[[Any, BaseException | None], None]  # (result, None) or (None, error), on the loop
+
+
 @dataclass(slots=True)
 class _Job:
     """A write for the writer thread: `work(conn)`, or new `events` to commit, which the
-    writer inserts together with the other events of its batch."""
+    writer inserts together with the other events of its batch. `done` is called on the
+    loop once the batch has committed or failed."""
 
     work: Callable[[sqlite3.Connection], Any] | None
-    future: asyncio.Future[Any]
+    done: Done
     events: list[Event] | None = None
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller went away meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
 
 
 class JournalWriter:
@@ -93,6 +107,7 @@ class JournalWriter:
         # Jobs wait on the loop in `_pending` while the writer commits the previous batch,
         # then go over as one list: one thread wake-up per batch, not one per request.
         self._pending: list[_Job] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop jobs come from
         self._handing_off = False  # a hand-off is scheduled or the writer holds a batch
         self._batches: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -170,17 +185,38 @@ class JournalWriter:
     def _submit(
         self, work: Callable[[sqlite3.Connection], Any] | None, events: list[Event] | None = None
     ) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Job(work, functools.partial(_settle, future), events))
+        return future
+
+    async def commit(self, events: list[Event]) -> tuple[list[Event], int]:
+        """Make the new events durable; returns them and the number of duplicates.
+
+        Raises `JournalError` when the write fails (the caller answers 503).
+        """
+        if not events:
+            return [], 0
+        return await self._submit(None, events)  # type: ignore[no-any-return]
+
+    def submit_then(self, events: list[Event], done: Done) -> None:
+        """Commit `events`, then call `done((new events, duplicates), None)`, or
+        `done(None, JournalError)`, on the loop: the intake's path, without a future and the
+        loop callback that resolving one schedules for every request."""
+        if not events:
+            asyncio.get_running_loop().call_soon(done, ([], 0), None)
+            return
+        self._enqueue(_Job(None, done, events))
+
+    def _enqueue(self, job: _Job) -> None:
         if self._writer is None or self._closed:
             raise JournalError("journal is closed")
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Job(work, future, events))
+        self._loop = asyncio.get_running_loop()
+        self._pending.append(job)
         if self._owed_since is None:
             self._owed_since = time.monotonic()
         if not self._handing_off:
             self._handing_off = True
-            loop.call_soon(self._hand_off)  # after this loop iteration's other requests
-        return future
+            self._loop.call_soon(self._hand_off)  # after this loop iteration's other requests
 
     def _hand_off(self) -> None:
         """Give the writer every waiting job (on the loop; the writer is idle)."""
@@ -320,17 +356,16 @@ class JournalWriter:
         fresh: list[ReadyEvent],
         media: bool,
     ) -> None:
-        loop = results[0][0].future.get_loop()
+        loop = self._loop
+        assert loop is not None  # set by the first job
 
         def finish() -> None:
             self._remember(fresh)
             for job, value, error in results:
-                if job.future.done():  # the request went away meanwhile
-                    continue
-                if error is not None:
-                    job.future.set_exception(error)
-                else:
-                    job.future.set_result(value)
+                try:
+                    job.done(value, error)
+                except Exception:  # one caller's bug must not leave the others unanswered
+                    log.exception("journal_callback_failed")
             self._hand_off()  # what arrived during this commit is the next batch
             if fresh:
                 for listener in self._ready_listeners:
