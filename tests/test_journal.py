@@ -287,3 +287,26 @@ async def test_an_idle_writer_merges_keys_that_waited_long_enough(
         await asyncio.sleep(0.1)
     assert indexed_keys(tmp_path) == 1
     await journal.close()
+
+
+async def test_at_capacity_merges_evict_the_least_recently_used_in_their_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the capacity, each merge slice evicts the oldest keys of its range, so eviction
+    writes the pages the merge writes anyway; the index ends at the capacity, holding the
+    most recently used keys."""
+    monkeypatch.setattr(dedupe, "ENTRIES_PER_SLICE", 64)
+    journal = await opened(tmp_path, dedupe_capacity=1600)  # merge_at 100, 26+ slices
+    for start in range(0, 2600, 50):
+        await journal.commit([event(f"k{i}") for i in range(start, start + 50)])
+        # Over by at most a merge (100) and what comes while its 27 slices are written.
+        assert journal.dedupe_entries <= 1600 + 100 + 27 * 50
+    await journal.close()
+    assert indexed_keys(tmp_path) == 1600
+
+    journal = await opened(tmp_path, dedupe_capacity=1600)
+    new, dupes = await journal.commit([event(f"k{i}") for i in range(1100, 2600)])
+    assert (new, dupes) == ([], 1500)  # the newest are all known
+    new, _ = await journal.commit([event(f"k{i}") for i in range(900)])
+    assert len(new) == 900  # the oldest were evicted
+    await journal.close()

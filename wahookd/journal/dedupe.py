@@ -28,7 +28,9 @@ from collections.abc import Iterable
 from wahookd.journal.schema import chunks, insert_rows, placeholders, rows_per_statement
 
 MERGED_SEQ = "dedupe_merged_seq"  # meta key: every event up to this seq has its key in the index
-MERGE_KEYS = 16_384  # unmerged keys that start a merge (capacity // 16 when that is less)
+# Unmerged keys that start a merge (capacity // 16 when that is less): ~1 MB of memory; at a
+# million keys (~3,700 index leaves) a merge writes about one leaf for every two keys.
+MERGE_KEYS = 8_192
 # Index entries per merge slice: ~230 keys fit a leaf page, so one slice is ~70 pages, what
 # a batch of 50 events used to dirty for its own keys.
 ENTRIES_PER_SLICE = 16_384
@@ -53,8 +55,12 @@ class UnmergedKeys:
         self.merge_at = min(MERGE_KEYS, capacity // 16)
         self.merged_seq = 0
         self.since: float | None = None  # monotonic time of the oldest unmerged key
-        self._slices: list[list[bytes]] = []  # a running merge: its slices still to write
-        self._merge_seq = 0  # ... and the seq up to which the index is complete after it
+        # A running merge: its slices still to write, each (lowest key, key past the slice or
+        # None, the slice's unmerged keys); the seq up to which the index is complete after
+        # it; and the LRU counter at and below which its slices evict (None: nothing to).
+        self._slices: list[tuple[bytes, bytes | None, list[bytes]]] = []
+        self._merge_seq = 0
+        self._cutoff: int | None = None
         self._added: dict[bytes, int] = {}  # staged by the batch being written
         self._written = 0  # slices this batch wrote
         self._started = False  # this batch started the merge (its slices hold staged keys)
@@ -81,34 +87,56 @@ class UnmergedKeys:
         touch_keys(conn, in_index)
 
     def merge_step(
-        self, conn: sqlite3.Connection, last_seq: int, indexed: int, *, everything: bool = False
-    ) -> int:
+        self,
+        conn: sqlite3.Connection,
+        last_seq: int,
+        indexed: int,
+        excess: int,
+        *,
+        everything: bool = False,
+    ) -> tuple[int, int, bool]:
         """Start a merge when enough keys wait (any key, for `everything`), and write its
         next slice (every slice, for `everything`). `last_seq` is the journal's last event,
-        `indexed` the index's size. Returns how many keys were written."""
+        `indexed` the index's size, `excess` how far the index and the unmerged keys are
+        over the capacity. A slice also evicts the keys of its range that were among the
+        `excess` least recently used when the merge started: their pages are being written
+        anyway, where evicting them one by one wrote a page of the index per key.
+
+        Returns (keys written, keys evicted, whether this transaction wrote the whole key
+        space: a merge of one slice, or the rest of one for `everything`). Only then may the
+        caller evict by count what is still over (a page per key otherwise); keys used while
+        a merge of many slices runs are evicted by the next merge."""
         if not self._slices and len(self) > (0 if everything else self.merge_at):
-            self._start(last_seq, indexed)
-        written = 0
+            self._start(conn, last_seq, indexed, excess)
+        written = evicted = 0
         while self._written < len(self._slices):
-            part = self._slices[-1 - self._written]
+            low, high, part = self._slices[-1 - self._written]
             merge_rows(conn, [(key, self._added.get(key) or self.keys[key]) for key in part])
             written += len(part)
+            if self._cutoff is not None:
+                evicted += evict_range(conn, low, high, self._cutoff)
             self._written += 1
             if self._written == len(self._slices):
                 set_merged_seq(conn, self._merge_seq)
+                return written, evicted, everything or len(self._slices) == 1
             if not everything:
                 break
-        return written
+        return written, evicted, False
 
-    def _start(self, last_seq: int, indexed: int) -> None:
+    def _start(self, conn: sqlite3.Connection, last_seq: int, indexed: int, excess: int) -> None:
         ordered = sorted({**self.keys, **self._added})
         count = min(MAX_SLICES, max(1, math.ceil((indexed + len(ordered)) / ENTRIES_PER_SLICE)))
-        bounds = [0, *(bisect.bisect_left(ordered, bytes([256 * i // count])) for i in range(1, count))]
-        bounds.append(len(ordered))
+        lows = [b"", *(bytes([256 * i // count]) for i in range(1, count))]
+        highs: list[bytes | None] = [*lows[1:], None]
+        bounds = [0, *(bisect.bisect_left(ordered, low) for low in lows[1:]), len(ordered)]
         # Each slice is a range of the key space, so that its rows land on a range of the
         # index's pages. Kept last slice first: a written slice comes off the list's end.
-        self._slices = [ordered[a:b] for a, b in itertools.pairwise(bounds) if b > a][::-1]
+        self._slices = [
+            (low, high, ordered[a:b])
+            for low, high, (a, b) in zip(lows, highs, itertools.pairwise(bounds), strict=True)
+        ][::-1]
         self._merge_seq = last_seq
+        self._cutoff = oldest_used(conn, min(excess, indexed)) if excess > 0 and indexed else None
         self._started = True
 
     def committed(self) -> None:
@@ -118,7 +146,7 @@ class UnmergedKeys:
             self.keys.update(self._added)
             self._added.clear()
         for _ in range(self._written):
-            for key in self._slices.pop():
+            for key in self._slices.pop()[2]:
                 self.keys.pop(key, None)
             if not self._slices:
                 self.merged_seq = self._merge_seq
@@ -177,6 +205,21 @@ def merge_rows(conn: sqlite3.Connection, rows: list[tuple[bytes, int]]) -> None:
         rows,
         suffix="ON CONFLICT(key) DO UPDATE SET used = max(used, excluded.used)",
     )
+
+
+def oldest_used(conn: sqlite3.Connection, count: int) -> int | None:
+    """The LRU counter of the `count`-th least recently used key (through the index on it)."""
+    row = conn.execute("SELECT used FROM dedupe ORDER BY used LIMIT 1 OFFSET ?", (count - 1,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def evict_range(conn: sqlite3.Connection, low: bytes, high: bytes | None, cutoff: int) -> int:
+    """Delete the keys from `low` up to `high` (None: to the end) used at or before `cutoff`."""
+    if high is None:
+        sql, params = "DELETE FROM dedupe WHERE key >= ? AND used <= ?", (low, cutoff)
+    else:
+        sql, params = "DELETE FROM dedupe WHERE key >= ? AND key < ? AND used <= ?", (low, high, cutoff)
+    return int(conn.execute(sql, params).rowcount)
 
 
 def touch_keys(conn: sqlite3.Connection, touched: list[tuple[int, bytes]]) -> None:

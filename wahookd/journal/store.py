@@ -79,7 +79,9 @@ class Journal(JournalWriter):
     def open(self) -> None:
         """Create or check the schema and start the writer thread (blocking; before serving)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path, durable=self.durable, cache_kib=4096)
+        # The writer's cache: a batch's dirty pages (a merge slice and the new events, under
+        # 1 MB) and the index's inner pages; its leaves are read from the OS's cache.
+        conn = connect(self.path, durable=self.durable, cache_kib=2048)
         conn.executescript(SCHEMA + ERASED_SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
@@ -172,13 +174,18 @@ class Journal(JournalWriter):
         return outcomes
 
     def _finish_batch(self, conn: sqlite3.Connection, *, merge_all: bool = False) -> None:
-        """The dedupe index's share of a batch: the next slice of a merge, then eviction."""
+        """The dedupe index's share of a batch: the next slice of a merge, which evicts in
+        its range (`UnmergedKeys.merge_step`). Entries may pass the capacity by the keys of
+        one merge and those that arrive while it runs: at a million, ~1%."""
         unmerged = self._unmerged
         indexed = self.dedupe_entries - len(unmerged)
-        indexed += unmerged.merge_step(conn, self._batch_last_seq, indexed, everything=merge_all)
-        # Unmerged keys are the youngest (a touched key aside): the index holds the oldest.
-        excess = min(self.dedupe_entries - self.dedupe_capacity, indexed)
-        if excess > 0:
+        excess = self.dedupe_entries - self.dedupe_capacity
+        written, evicted, whole = unmerged.merge_step(
+            conn, self._batch_last_seq, indexed, excess, everything=merge_all
+        )
+        self.dedupe_entries -= evicted
+        excess = min(self.dedupe_entries - self.dedupe_capacity, indexed + written - evicted)
+        if whole and excess > 0:
             dedupe.evict_oldest(conn, excess)
             self.dedupe_entries -= excess
 
@@ -382,7 +389,7 @@ class Journal(JournalWriter):
             # An event's row holds its dedupe key until the key is merged into the index:
             # merge them now, and keep the events past the merge (keys that came meanwhile).
             unmerged = self._unmerged
-            unmerged.merge_step(conn, self._batch_last_seq, 0, everything=True)
+            unmerged.merge_step(conn, self._batch_last_seq, 0, 0, everything=True)
             deleted = conn.execute(
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE dseq <= ? "
                 "AND received_at < ? AND seq <= ? ORDER BY dseq LIMIT ?)",
@@ -424,7 +431,8 @@ class Journal(JournalWriter):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = connect(self.path, durable=self.durable)
+                # Readers mostly read the newest events, which the OS caches anyway.
+                conn = connect(self.path, durable=self.durable, cache_kib=1024)
             except sqlite3.Error as exc:
                 raise JournalError(f"journal read failed: {exc}") from exc
             self._local.conn = conn

@@ -288,7 +288,8 @@ class JournalWriter:
         so once the WAL passes half its limit, ask the writer to restart it: right after this
         copy, the writer's own checkpoint has only the last few commits left to copy."""
         name_os_thread("journal-ckpt")
-        conn = connect(self.path, durable=self.durable)
+        # A checkpoint copies WAL frames to the file; it hardly uses a page cache of its own.
+        conn = connect(self.path, durable=self.durable, cache_kib=256)
         frame_bytes = PAGE_BYTES + 24  # each WAL frame: a 24-byte header and one page
         while not self._closing.wait(CHECKPOINT_SECONDS):
             try:
