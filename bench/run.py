@@ -411,6 +411,18 @@ def main() -> None:
         print(f"\n== median of {args.runs} runs")
     result = median_of(runs)
     report(result, args.prefill)
+    if args.runs > 1:
+        for name in [name for name in runs[0] if name != "bare"]:
+            figures = {
+                "throughput": [one[name]["rps"] / one["bare"]["rps"] for one in runs],
+                "by CPU per request": [one["bare"]["cpu_us"] / one[name]["cpu_us"] for one in runs],
+            }
+            for what, ratios in figures.items():
+                listed = ", ".join(f"{ratio:.0%}" for ratio in ratios)
+                print(f"{name} {what} vs bare, per run: {listed}; median {statistics.median(ratios):.0%}")
+            p99 = [one[name]["p99_ms"] / one["bare"]["p99_ms"] for one in runs]
+            listed = ", ".join(f"{ratio:.2f}" for ratio in p99)
+            print(f"{name} p99 / bare p99, per run: {listed}; median {statistics.median(p99):.2f}")
     print(json.dumps({"runs": runs, "median": result, "prefill": args.prefill}))
 
 

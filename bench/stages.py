@@ -6,17 +6,21 @@ printed (`time.thread_time_ns` of this thread, so the fsync wait is not counted 
 
 - Tornado's HTTP/1 parsing of the request head, as its connection does it;
 - the rate limit, the source lookup, the signature check, parse + normalize;
-- the answer: the JSON reply, the metric children, the access log line (to /dev/null);
+- the answer: the JSON reply, the metric children, the access log line (to /dev/null, as
+  the daemon writes it: `wahookd.log.info_line`);
 - the journal: the writer's group commit (insert + dedupe index + WAL) per event, with
-  fsync, measured in the writer thread's CPU time, and the WAL bytes written per event;
+  fsync, measured in the writer thread's CPU time (with the checkpointer's, which copies the
+  WAL into the database), the bytes written to the WAL and the database per event, and the
+  writer's context switches per event: each is a GIL hand-over (or an fsync wait);
+  `--prefill 1000000` runs it against a full index of a million keys, evicting;
 - the file sink: deliver + flush per event.
 
-    .venv/bin/python bench/stages.py [--requests 20000] [--batch 50]
+    .venv/bin/python bench/stages.py [--requests 20000] [--batch 50] [--prefill 1000000]
 
 The stages do not add up to a request under load: the loop's own work (epoll, the
 self-pipe wake-ups of cross-thread hand-offs, Tornado's stream bookkeeping) is the rest,
-measured as the difference to bench/run.py's CPU per request. Loopback only; writes only
-in a temporary directory.
+measured as the difference to bench/run.py's CPU per request, which it prints per thread.
+Loopback only; writes only in a temporary directory.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=50, help="events per group commit (load's typical)")
+    parser.add_argument("--prefill", type=int, default=0, help="dedupe keys in the index, at capacity")
     args = parser.parse_args()
     count = args.requests
     rows: list[tuple[str, float]] = []
@@ -144,72 +149,83 @@ def main() -> None:
 
     wahookd_log.configure_logging(json_output=True)
     sink = io.BufferedWriter(io.FileIO(os.open(os.devnull, os.O_WRONLY), "wb"), 64 * 1024)
-    writer = wahookd_log.LineWriter(sink)
-    structlog.configure(logger_factory=lambda *_: writer, cache_logger_on_first_use=True)
+    wahookd_log._json_writer = wahookd_log.LineWriter(sink)  # the daemon's writer, to /dev/null
     request_log = structlog.get_logger("bench")
+
+    def access_line(n: int) -> None:
+        fields = {"method": "POST", "source": "bench", "status": 200, "client": "127.0.0.1", "ms": 1.0}
+        wahookd_log.info_line(request_log, "request", fields | {"accepted": 1, "duplicates": 0})
+
+    rows.append(("access log line", per_call_us(access_line, count)))
+
+    journal = asyncio.run(journal_stage(events, args.batch, args.prefill))
     rows.append(
         (
-            "access log line",
-            per_call_us(
-                lambda n: request_log.info(
-                    "request",
-                    method="POST",
-                    source="bench",
-                    status=200,
-                    client="127.0.0.1",
-                    ms=1.0,
-                    accepted=1,
-                ),
-                count,
-            ),
+            f"journal group commit, per event (writer + checkpointer, batches of {args.batch})",
+            journal["cpu_us"],
         )
     )
-
-    journal_rows, wal_per_event, commit_ms = asyncio.run(journal_stage(events, args.batch))
-    rows.append((f"journal group commit, per event (writer thread, batches of {args.batch})", journal_rows))
     rows.append(("file sink deliver + flush, per event", asyncio.run(file_sink_stage(encoded, count))))
 
     print(f"{'stage':<66} {'us/request':>10}")
     for name, us in rows:
         print(f"{name:<66} {us:>10.1f}")
     print(f"{'sum of the stages':<66} {sum(us for _, us in rows):>10.1f}")
-    print(f"WAL and database bytes written per event: {wal_per_event:.0f}")
-    print(f"one fsynced group commit: {commit_ms:.2f} ms")
+    print(f"WAL and database bytes written per event: {journal['bytes']:.0f}")
+    print(f"writer context switches (GIL hand-overs, fsync waits) per event: {journal['switches']:.2f}")
+    print(f"one fsynced group commit: {journal['commit_ms']:.2f} ms; dedupe index pre-filled: {args.prefill}")
 
 
-async def journal_stage(events: list[Any], batch: int) -> tuple[float, float, float]:
-    from wahookd.journal import Journal
+def thread_figures(names: tuple[str, ...]) -> tuple[float, int]:
+    """CPU seconds and voluntary context switches of this process's threads of `names`."""
+    import threading
+
+    cpu, switches = 0.0, 0
+    for thread in threading.enumerate():
+        if thread.name in names and thread.native_id is not None:
+            task = Path(f"/proc/self/task/{thread.native_id}")
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    switches += int(line.split()[1])
+    return cpu, switches
+
+
+async def journal_stage(events: list[Any], batch: int, prefill: int) -> dict[str, float]:
+    import secrets
+
+    from wahookd.journal import Journal, open_store
 
     with tempfile.TemporaryDirectory() as directory:
-        journal = Journal(Path(directory), durable=True, dedupe_capacity=1_000_000)
+        if prefill:
+            first = Journal(Path(directory))
+            first.open()
+            first.close_blocking()
+            store = open_store(Path(directory), write=True)
+            for start in range(0, prefill, 100_000):
+                size = min(100_000, prefill - start)
+                store.fill_dedupe((secrets.token_bytes(16), start + i) for i in range(size))
+            store.close()
+        journal = Journal(Path(directory), durable=True, dedupe_capacity=max(prefill, 1_000_000))
         journal.open()
-        cpu: list[int] = []
-        journal_thread = {}
-
-        def writer_cpu() -> int:
-            # The writer thread's CPU time, read from /proc (thread_time is per calling thread).
-            tid = journal_thread.get("tid")
-            if tid is None:
-                return 0
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) * 10_000_000  # clock ticks (100 Hz) in ns
-
-        import threading
-
-        for thread in threading.enumerate():
-            if thread.name == "journal-writer":
-                journal_thread["tid"] = thread.native_id
-        before_bytes, before_cpu = written_bytes(), writer_cpu()
+        names = ("journal-writer", "journal-checkpoint")
+        (before_cpu, before_switches), before_bytes = thread_figures(names), written_bytes()
         started = time.perf_counter()
         commits = 0
         for start in range(0, len(events), batch):
             await journal.commit([event[0] for event in events[start : start + batch]])
             commits += 1
         elapsed = time.perf_counter() - started
-        cpu.append(writer_cpu() - before_cpu)
-        wal = (written_bytes() - before_bytes) / len(events)
+        cpu, switches = thread_figures(names)
+        written = written_bytes() - before_bytes
         await journal.close()
-    return cpu[0] / len(events) / 1000, wal, elapsed / commits * 1000
+    return {
+        "cpu_us": (cpu - before_cpu) / len(events) * 1e6,
+        "switches": (switches - before_switches) / len(events),
+        "bytes": written / len(events),
+        "commit_ms": elapsed / commits * 1000,
+    }
 
 
 async def file_sink_stage(encoded: list[bytes], count: int) -> float:
