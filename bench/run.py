@@ -10,7 +10,11 @@ p50/p99 latency, CPU per request, peak RSS and whether the sink kept up; and, pe
 wahookd, CPU and context switches per request (a switch is where the GIL or the core
 changed hands: the event loop, the journal writer, its checkpointer, the readers).
 
-`--runs 5` repeats the whole run with fresh servers and prints the median of each figure.
+Each server first takes `--warmup` seconds of the same load, not measured: a daemon that has
+run for a while has its dedupe index's pages in their steady shape (a pre-filled index is
+packed tighter than one that grew by merges, and its first merge splits most of its pages)
+and the OS caches warm. `--runs 5` repeats the whole run with fresh servers and prints the
+median of each figure.
 `--against REF` adds a third server: wahookd as of git revision REF (a worktree under
 /tmp), in the same alternating slices, so that a change is measured A/B against the code
 before it on the same machine in the same minutes.
@@ -290,6 +294,7 @@ def run(
     workdir: Path,
     against: Path | None = None,
     template: Path | None = None,
+    warmup: int = 0,
 ) -> dict[str, dict]:
     """The servers run side by side on core 0, and the load alternates between them in
     slices: the shared machine's speed drifts by ±15% over tens of seconds, and running one
@@ -302,6 +307,9 @@ def run(
         if against is not None:
             servers["before"] = start_wahookd(keys, workdir / "b", tree=against, template=template)
         part = max(1, round(seconds / slices))
+        if warmup:
+            for _proc, url, _sink in servers.values():
+                run_wrk(url + "/webhooks/bench", warmup, connections)
         measured: dict[str, list[dict]] = {name: [] for name in servers}
         for _ in range(slices):
             for name, (proc, url, _sink) in servers.items():
@@ -379,6 +387,7 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=0, help="dedupe keys to pre-fill")
     parser.add_argument("--runs", type=int, default=1, help="whole runs, fresh servers each; medians")
     parser.add_argument("--against", metavar="REF", help="also run wahookd as of git revision REF")
+    parser.add_argument("--warmup", type=int, default=10, help="seconds of unmeasured load first")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench needs wrk: apt-get install wrk")
@@ -400,7 +409,16 @@ def main() -> None:
         for number in range(args.runs):
             rundir = workdir / f"run{number}"
             runs.append(
-                run(args.seconds, args.slices, args.connections, args.prefill, rundir, against, template)
+                run(
+                    args.seconds,
+                    args.slices,
+                    args.connections,
+                    args.prefill,
+                    rundir,
+                    against,
+                    template,
+                    args.warmup,
+                )
             )
             if args.runs > 1:
                 print(f"\n== run {number + 1} of {args.runs}")
