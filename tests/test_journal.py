@@ -310,3 +310,18 @@ async def test_at_capacity_merges_evict_the_least_recently_used_in_their_slices(
     new, _ = await journal.commit([event(f"k{i}") for i in range(900)])
     assert len(new) == 900  # the oldest were evicted
     await journal.close()
+
+
+async def test_a_journal_from_before_unmerged_keys_reads_nothing_back(tmp_path: Path) -> None:
+    """An older wahookd put every key into the index with its event, and wrote no merge
+    position: its events are not scanned at start, and their keys are known."""
+    journal = await opened(tmp_path)
+    await journal.commit([event(f"old{i}") for i in range(20)])
+    await journal.close()
+    with sqlite3.connect(tmp_path / JOURNAL_FILE) as conn:
+        conn.execute("DELETE FROM meta WHERE key = ?", (dedupe.MERGED_SEQ,))
+    journal = await opened(tmp_path)
+    assert journal._unmerged.keys == {}
+    new, dupes = await journal.commit([event(f"old{i}") for i in range(20)])
+    assert (new, dupes) == ([], 20)
+    await journal.close()

@@ -62,6 +62,7 @@ class UnmergedKeys:
         self._slices: list[tuple[bytes, bytes | None, list[bytes]]] = []
         self._merge_seq = 0
         self._cutoff: int | None = None
+        self._slice_count = 0  # the running merge's slices, written or not
         self._added: dict[bytes, int] = {}  # staged by the batch being written
         self._written = 0  # slices this batch wrote
         self._started = False  # this batch started the merge (its slices hold staged keys)
@@ -119,7 +120,7 @@ class UnmergedKeys:
             self._written += 1
             if self._written == len(self._slices):
                 set_merged_seq(conn, self._merge_seq)
-                return written, evicted, everything or len(self._slices) == 1
+                return written, evicted, everything or self._slice_count == 1
             if not everything:
                 break
         return written, evicted, False
@@ -136,6 +137,7 @@ class UnmergedKeys:
             (low, high, ordered[a:b])
             for low, high, (a, b) in zip(lows, highs, itertools.pairwise(bounds), strict=True)
         ][::-1]
+        self._slice_count = len(self._slices)
         self._merge_seq = last_seq
         self._cutoff = oldest_used(conn, min(excess, indexed)) if excess > 0 and indexed else None
         self._started = True
@@ -173,7 +175,13 @@ class UnmergedKeys:
         """Read back the keys of the events past the last merge (after a crash: a clean stop
         merges everything). Returns the LRU counter after them."""
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (MERGED_SEQ,)).fetchone()
-        self.merged_seq = int(row[0]) if row else 0
+        if row is None:
+            # A new journal, or one from before unmerged keys, which put every key into the
+            # index with its event: nothing to read back.
+            last = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+            set_merged_seq(conn, last)
+            row = (last,)
+        self.merged_seq = int(row[0])
         rows = conn.execute("SELECT source, id FROM events WHERE seq > ? ORDER BY seq", (self.merged_seq,))
         keys = [dedupe_key(source, event_id) for source, event_id in rows]
         indexed = known_keys(conn, keys)
