@@ -5,7 +5,8 @@ Wasender webhooks); the load alternates between the servers in slices, so that t
 machine's drift in speed falls on all of them alike. wahookd runs with
 `durability = "fsync"` and a file sink that delivers while the load runs; its dedupe index
 can be pre-filled (`--prefill 1000000`): at the default capacity of a million the index is
-then full, and every new key evicts an old one, as on a daemon that has run for a while. Prints requests/s,
+then full, and every new key evicts an old one, as on a daemon that has run for a while
+(`--capacity 2000000`: the same keys in an index that is not full, which evicts nothing). Prints requests/s,
 p50/p99 latency, CPU per request, peak RSS and whether the sink kept up; and, per thread of
 wahookd, CPU and context switches per request (a switch is where the GIL or the core
 changed hands: the event loop, the journal writer, its checkpointer, the readers).
@@ -166,7 +167,11 @@ def start_bare() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_wahookd(
-    keys: int, workdir: Path, tree: Path | None = None, template: Path | None = None
+    keys: int,
+    workdir: Path,
+    tree: Path | None = None,
+    template: Path | None = None,
+    capacity: int = 1_000_000,
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """`wahookd serve` on core 0, from this checkout or from `tree` (another revision's
     worktree); its state dir a copy of `template` when given (a pre-filled index)."""
@@ -198,7 +203,7 @@ durability = "fsync"
 rate = 1000000
 burst = 1000000
 [dedupe]
-capacity = {max(keys, 1_000_000)}
+capacity = {max(keys, capacity)}
 [sources.bench]
 provider = "wasender"
 secret = "bench-secret"
@@ -295,6 +300,7 @@ def run(
     against: Path | None = None,
     template: Path | None = None,
     warmup: int = 0,
+    capacity: int = 1_000_000,
 ) -> dict[str, dict]:
     """The servers run side by side on core 0, and the load alternates between them in
     slices: the shared machine's speed drifts by ±15% over tens of seconds, and running one
@@ -303,9 +309,11 @@ def run(
     try:
         bare_proc, bare_url = start_bare()
         servers["bare"] = (bare_proc, bare_url, None)
-        servers["wahookd"] = start_wahookd(keys, workdir / "a", template=template)
+        servers["wahookd"] = start_wahookd(keys, workdir / "a", template=template, capacity=capacity)
         if against is not None:
-            servers["before"] = start_wahookd(keys, workdir / "b", tree=against, template=template)
+            servers["before"] = start_wahookd(
+                keys, workdir / "b", tree=against, template=template, capacity=capacity
+            )
         part = max(1, round(seconds / slices))
         if warmup:
             for _proc, url, _sink in servers.values():
@@ -388,6 +396,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="whole runs, fresh servers each; medians")
     parser.add_argument("--against", metavar="REF", help="also run wahookd as of git revision REF")
     parser.add_argument("--warmup", type=int, default=10, help="seconds of unmeasured load first")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=1_000_000,
+        help="dedupe.capacity (2000000: a pre-filled index not full)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench needs wrk: apt-get install wrk")
@@ -418,6 +432,7 @@ def main() -> None:
                     against,
                     template,
                     args.warmup,
+                    args.capacity,
                 )
             )
             if args.runs > 1:
