@@ -28,12 +28,12 @@ from collections.abc import Iterable
 from wahookd.journal.schema import chunks, insert_rows, placeholders, rows_per_statement
 
 MERGED_SEQ = "dedupe_merged_seq"  # meta key: every event up to this seq has its key in the index
-# Unmerged keys that start a merge (capacity // 16 when that is less): ~2 MB of memory; at a
-# million keys (~3,400 index leaves) a merge writes about one leaf for every five keys.
-MERGE_KEYS = 16_384
+# Unmerged keys that start a merge (capacity // 16 when that is less): ~4 MB of memory; at a
+# million keys (~3,400 index leaves) a merge writes about one leaf for every ten keys.
+MERGE_KEYS = 32_768
 # Index entries per merge slice: ~300 keys fit a leaf page, so one slice is ~27 pages, half
 # of what a batch of 50 events used to dirty for its own keys. At a million keys a merge has
-# 124 slices, written in fewer batches than it takes 16,384 new keys to arrive.
+# 124 slices, written in fewer batches than it takes 32,768 new keys to arrive.
 ENTRIES_PER_SLICE = 8_192
 MAX_SLICES = 256  # slices are ranges of the first key byte
 MERGE_AFTER_SECONDS = 60.0  # a writer idle with keys this old merges them all

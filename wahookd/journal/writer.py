@@ -45,8 +45,10 @@ MAX_JOBS_PER_COMMIT = 512
 # Ready events kept in memory for sinks that are caught up, within a byte budget: 300
 # events of 1.4 MB once took the RSS from 46 to 881 MB when the cache counted events.
 # Larger events are not kept at all (read back from SQLite): one of them would push out
-# hundreds of ordinary 2-3 KB events for a saving that their own size dwarfs.
-RECENT_BYTES = 4 * 1024 * 1024
+# hundreds of ordinary 2-3 KB events for a saving that their own size dwarfs. 2 MiB is ~700
+# events: a sink that keeps up is a few batches behind; the unmerged dedupe keys have the
+# other 2 MiB this cache once had.
+RECENT_BYTES = 2 * 1024 * 1024
 RECENT_EVENT_BYTES = 64 * 1024
 READ_BYTES = 8 * 1024 * 1024  # most event bytes one `read_ready` returns (at least one event)
 CHECKPOINT_SECONDS = 0.25
