@@ -164,17 +164,23 @@ def hammer(port: int, prefix: str, count: int, stop: threading.Event | None = No
     return accepted
 
 
+def killed_under_load(daemon: DaemonProcess, prefix: str) -> list[str]:
+    """SIGKILL `daemon` a second into a load of distinct webhooks; the ids answered 200."""
+    stop = threading.Event()
+    killer = threading.Timer(1.0, lambda: (daemon.kill(), stop.set()))
+    killer.start()
+    accepted = hammer(daemon.port, prefix, 20_000, stop)
+    killer.join()
+    assert 50 < len(accepted) < 20_000, "the kill must land in the middle of the load"
+    return accepted
+
+
 def test_sigkill_under_load_loses_no_accepted_event_and_doubles_none(
     daemon_factory: Any, tmp_path: Path
 ) -> None:
     out = tmp_path / "events.jsonl"
     daemon: DaemonProcess = daemon_factory(CONFIG + sink_config(out)).start()
-    stop = threading.Event()
-    killer = threading.Timer(1.0, lambda: (daemon.kill(), stop.set()))
-    killer.start()
-    accepted = hammer(daemon.port, "KILL", 20_000, stop)
-    killer.join()
-    assert 50 < len(accepted) < 20_000, "the kill must land in the middle of the load"
+    accepted = killed_under_load(daemon, "KILL")
     daemon.start()
     lines = wait_for_lines(out, len(accepted), timeout=30)
     ids = [e["message_id"] for e in lines]
@@ -191,12 +197,7 @@ def test_after_sigkill_under_load_every_accepted_webhook_is_still_a_duplicate(
     after the restart, is a duplicate, and the sink has each event once."""
     out = tmp_path / "events.jsonl"
     daemon: DaemonProcess = daemon_factory(CONFIG + sink_config(out)).start()
-    stop = threading.Event()
-    killer = threading.Timer(1.0, lambda: (daemon.kill(), stop.set()))
-    killer.start()
-    accepted = hammer(daemon.port, "AGAIN", 20_000, stop)
-    killer.join()
-    assert 50 < len(accepted) < 20_000, "the kill must land in the middle of the load"
+    accepted = killed_under_load(daemon, "AGAIN")
     with sqlite3.connect(daemon.state_dir / "journal.db") as conn:
         in_index = conn.execute("SELECT count(*) FROM dedupe").fetchone()[0]
     assert in_index < len(accepted)  # the kill left keys only in their events' rows

@@ -124,6 +124,15 @@ def received_at(event: dict[str, Any]) -> float | None:
         return None
 
 
+async def set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `event`; true if it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     """Exponential backoff with full jitter over the upper half: [d/2, d]."""
     delay = min(maximum, initial * 2 ** (attempt - 1))
@@ -732,19 +741,11 @@ class SinkWorker:
 
     async def _woken_within(self, seconds: float) -> bool:
         """Wait up to `seconds` for new events (or a stop); true if woken."""
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await set_within(self._wake, seconds)
 
     async def _sleep_or_stop(self, delay: float) -> bool:
         """Sleep `delay` seconds; true if asked to stop meanwhile."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-        except TimeoutError:
-            return False
-        return True
+        return await set_within(self._stopping, delay)
 
     async def _dead_letter(self, ready: ReadyEvent, event: dict[str, Any], attempts: int, error: str) -> None:
         await self.journal.dead_letter(self.name, ready.seq, event, attempts, error[:1000])
