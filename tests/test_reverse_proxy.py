@@ -12,6 +12,7 @@ import hmac
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -106,6 +107,11 @@ def directives(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
+def left_in(value: str, text: str) -> bool:
+    """`value` in `text`, a port only as a whole number: the free port 44359 holds ":443"."""
+    return re.search(re.escape(value) + (r"(?!\d)" if value[-1].isdigit() else ""), text) is not None
+
+
 def render_nginx(port: int, http_port: int, upstream: int, cert: Path, key: Path) -> str:
     """The example with only its site-specific values replaced: host name, certificate,
     loopback listeners on free ports, the daemon's port. Every proxy directive is the
@@ -125,7 +131,7 @@ def render_nginx(port: int, http_port: int, upstream: int, cert: Path, key: Path
         assert text.count(old) >= 1, f"the nginx example no longer has {old!r}: update this test"
         text = text.replace(old, new)
     for left in ("hooks.example.com", ":443", ":8080", "listen 80", "letsencrypt"):
-        assert left not in directives(text), f"{left!r} left in the rendered example"
+        assert not left_in(left, directives(text)), f"{left!r} left in the rendered example"
     return text
 
 
@@ -140,7 +146,7 @@ def render_caddy(port: int, http_port: int, upstream: int, cert: Path, key: Path
         assert old in text, f"the Caddyfile example no longer has {old!r}: update this test"
         text = text.replace(old, new)
     for left in (":8080", "hooks.example.com"):
-        assert left not in directives(text), f"{left!r} left in the rendered example"
+        assert not left_in(left, directives(text)), f"{left!r} left in the rendered example"
     # No admin endpoint, no redirect listener, no ACME, state in the test's directory.
     options = (
         f"{{\n\tadmin off\n\tauto_https disable_redirects\n\thttp_port {http_port}\n"
@@ -364,10 +370,28 @@ def test_the_proxy_refuses_bodies_over_max_body_bytes_and_hides_metrics(
     proxy, _, _ = proxied
     cert = certificate[0]
     too_big = b"x" * (3 * 1024 * 1024 + 1)  # server.max_body_bytes + 1
-    assert post_tls(proxy.port, cert, "/webhooks/tw", too_big, FORM)[0] == 413
+    assert refused(proxy.port, cert, too_big) == 413
     assert get_tls(proxy.port, cert, "/healthz") == 200
     assert get_tls(proxy.port, cert, "/metrics") == 404
     assert get_tls(proxy.port, cert, "/readyz") == 404
+
+
+def refused(port: int, cafile: Path, body: bytes) -> int:
+    """POST `body` until the proxy's 413 is read. The proxy answers it on the headers, while
+    the client is still sending the body, and now and then the client meets the closed
+    connection first (nginx), or the proxy had begun to stream the body and hits the limit
+    there (Caddy: 502): the proxy's race, seen once in a few runs. Either way the body was
+    refused; anything else fails at once."""
+    status = 0
+    for _ in range(4):
+        try:
+            status = post_tls(port, cafile, "/webhooks/tw", body, FORM)[0]
+        except (ConnectionError, http.client.HTTPException, ssl.SSLError):
+            continue
+        if status == 413:
+            return status
+        assert status == 502, status
+    return status
 
 
 def get_tls(port: int, cafile: Path, path: str) -> int:
