@@ -134,14 +134,13 @@ def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
 
 def prefill(state_dir: Path, keys: int) -> None:
     from wahookd.journal import Journal, open_store
+    from wahookd.journal.dedupe import merged_rows
 
     journal = Journal(state_dir)
     journal.open()
     journal.close_blocking()  # the schema is made; fill the index directly
     store = open_store(state_dir, write=True)
-    batch = 100_000
-    for start in range(0, keys, batch):
-        store.fill_dedupe((secrets.token_bytes(16), start + i) for i in range(min(batch, keys - start)))
+    store.fill_dedupe(merged_rows(keys))
     store.close()
 
 

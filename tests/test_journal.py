@@ -312,6 +312,30 @@ async def test_at_capacity_merges_evict_the_least_recently_used_in_their_slices(
     await journal.close()
 
 
+async def test_a_merge_hands_its_counters_out_in_key_order_and_a_key_used_since_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge gives its keys their own LRU counters again, lowest first in key order, so
+    that a slice's entries sit together in the index on `used`; a key used again while the
+    merge runs keeps the newer counter of that use."""
+    monkeypatch.setattr(dedupe, "ENTRIES_PER_SLICE", 64)
+    journal = await opened(tmp_path, dedupe_capacity=16 * 100)  # merge_at 100
+    await journal.commit([event(f"first{i}") for i in range(300)])  # counters 1-300; a merge starts
+    await journal.commit([event("first7")])  # counter 301: a use of first7 while it runs
+    for i in range(20):  # the merge's other slices (5 in all), and counters 302-321
+        await journal.commit([event(f"later{i}")])
+    with sqlite3.connect(tmp_path / JOURNAL_FILE) as conn:
+        rows = conn.execute("SELECT key, used FROM dedupe ORDER BY key").fetchall()
+    await journal.close()
+
+    first7 = dedupe.dedupe_key("shop", "first7")
+    assert len(rows) == 300  # the merge is complete; the later keys wait for the next one
+    assert dict(rows)[first7] == 301
+    others = [used for key, used in rows if key != first7]
+    assert others == sorted(others)  # in key order
+    assert set(others) < set(range(1, 301))  # the merge's own counters, 299 of them
+
+
 async def test_a_journal_from_before_unmerged_keys_reads_nothing_back(tmp_path: Path) -> None:
     """An older wahookd put every key into the index with its event, and wrote no merge
     position: its events are not scanned at start, and their keys are known."""
