@@ -361,7 +361,7 @@ def test_installed_distribution_registers_the_sink_through_its_entry_point() -> 
     assert entry.dist is not None
     assert entry.dist.name == "wahookd-nats"
     registry = collect(get_plugin_manager())
-    assert registry.sinks["nats"].factory is wahookd_nats.JetStreamSink
+    assert registry.sinks["nats"].factory is wahookd_nats.build_sink
 
 
 # -- the daemon -----------------------------------------------------------------------
@@ -461,3 +461,14 @@ def test_a_daemon_killed_and_restarted_leaves_each_event_in_the_stream_once(
     assert len(ids) == 21
     assert sorted(ids) == sorted(f"shop:3EB0KILL{number}" for number in range(21))
     assert {event["text"] for _, _, event in got} >= {"número 7 ✓"}
+
+
+def test_the_client_library_is_imported_only_for_a_configured_sink() -> None:
+    """wahookd imports every installed plugin at start: nats (its memory, its import time)
+    must load only when a sink table uses the plugin."""
+    script = (
+        "import sys; from wahookd.plugins import collect, get_plugin_manager; "
+        "collect(get_plugin_manager()); print('nats' in sys.modules)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"

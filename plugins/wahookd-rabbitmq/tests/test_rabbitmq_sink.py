@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -314,7 +315,7 @@ def test_installed_distribution_registers_the_sink_through_its_entry_point() -> 
     assert entry.dist is not None
     assert entry.dist.name == "wahookd-rabbitmq"
     registry = collect(get_plugin_manager())
-    assert registry.sinks["rabbitmq"].factory is wahookd_rabbitmq.RabbitMQSink
+    assert registry.sinks["rabbitmq"].factory is wahookd_rabbitmq.build_sink
 
 
 def test_a_routing_key_always_fits_in_255_bytes() -> None:
@@ -325,3 +326,14 @@ def test_a_routing_key_always_fits_in_255_bytes() -> None:
     key = template.render({"id": long, "chat_id": long, "from_lid": long, "event": long, "message_id": long})
     assert len(key.encode()) <= 255
     assert key.count(".") == 5
+
+
+def test_the_client_library_is_imported_only_for_a_configured_sink() -> None:
+    """wahookd imports every installed plugin at start: aio_pika (its memory, its import time)
+    must load only when a sink table uses the plugin."""
+    script = (
+        "import sys; from wahookd.plugins import collect, get_plugin_manager; "
+        "collect(get_plugin_manager()); print('aio_pika' in sys.modules)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"

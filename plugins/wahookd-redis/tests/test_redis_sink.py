@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -126,7 +128,7 @@ def test_installed_distribution_registers_the_sink_through_its_entry_point() -> 
     assert entry.dist is not None
     assert entry.dist.name == "wahookd-redis"
     registry = collect(get_plugin_manager())
-    assert registry.sinks["redis"].factory is wahookd_redis.RedisStreamSink
+    assert registry.sinks["redis"].factory is wahookd_redis.build_sink
     assert registry.sink_owners["redis"] == "redis"
     assert "redis" not in collect(get_plugin_manager(load_entrypoints=False)).sinks
 
@@ -142,3 +144,14 @@ def test_numbers_reach_the_stream_as_the_provider_wrote_them(tmp_path: Path, str
     [entry] = entries(stream)
     assert f'"raw":{{"amounts":{numbers}}}' in entry["event"]
     json.loads(entry["event"], parse_constant=pytest.fail)  # valid JSON
+
+
+def test_the_client_library_is_imported_only_for_a_configured_sink() -> None:
+    """wahookd imports every installed plugin at start: redis (its memory, its import time)
+    must load only when a sink table uses the plugin."""
+    script = (
+        "import sys; from wahookd.plugins import collect, get_plugin_manager; "
+        "collect(get_plugin_manager()); print('redis' in sys.modules)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
