@@ -336,6 +336,17 @@ async def test_a_merge_hands_its_counters_out_in_key_order_and_a_key_used_since_
     assert set(others) < set(range(1, 301))  # the merge's own counters, 299 of them
 
 
+def test_a_pre_fill_is_laid_out_as_merges_leave_the_index() -> None:
+    """The benchmarks' pre-fill: each merge's worth of keys holds a run of counters, in key
+    order, as a daemon that has run for a while has them."""
+    rows = list(dedupe.merged_rows(dedupe.MERGE_KEYS + 10))
+    assert [used for _, used in rows] == list(range(1, dedupe.MERGE_KEYS + 11))
+    first, second = rows[: dedupe.MERGE_KEYS], rows[dedupe.MERGE_KEYS :]
+    assert first == sorted(first)
+    assert second == sorted(second)
+    assert len({key for key, _ in rows}) == len(rows)
+
+
 async def test_a_journal_from_before_unmerged_keys_reads_nothing_back(tmp_path: Path) -> None:
     """An older wahookd put every key into the index with its event, and wrote no merge
     position: its events are not scanned at start, and their keys are known."""
