@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from wahookd.delivery import SinkWorker, backoff_delay
+import pytest
+
+from wahookd.delivery import SinkWorker, backoff_delay, set_within
 from wahookd.errors import DeliveryError, PermanentDeliveryError
 from wahookd.events import Event
 from wahookd.journal import Journal
@@ -317,3 +319,16 @@ async def test_a_concurrent_sink_holds_a_bounded_number_of_bytes_while_its_targe
     assert sink.calls <= WINDOW_BYTES // 100_000 + 2, sink.calls  # each event tried once so far
     await stop(worker, task)
     await journal.close()
+
+
+async def test_a_wait_cancelled_as_its_event_is_set_is_still_cancelled() -> None:
+    """Python 3.11's `asyncio.wait_for` returns the result when the cancellation comes as the
+    event is set: a sink worker (or the media stage) cancelled at shutdown would run on."""
+    for _ in range(20):
+        event = asyncio.Event()
+        waiting = asyncio.get_running_loop().create_task(set_within(event, 5))
+        await asyncio.sleep(0)  # it waits now
+        event.set()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting

@@ -125,9 +125,14 @@ def received_at(event: dict[str, Any]) -> float | None:
 
 
 async def set_within(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to `seconds` for `event`; true if it was set."""
+    """Wait up to `seconds` for `event`; true if it was set.
+
+    `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` drops a cancellation that
+    comes as the event is set (it returns the result instead), and the cancelled task runs
+    on: a worker that does not stop at shutdown."""
     try:
-        await asyncio.wait_for(event.wait(), timeout=seconds)
+        async with asyncio.timeout(seconds):
+            await event.wait()
     except TimeoutError:
         return False
     return True
@@ -730,8 +735,7 @@ class SinkWorker:
             else:
                 wake_at = min(retry_at, self._probe_after) if may_probe else retry_at
             changed, recoveries, generation = self._changed, self._recoveries, self._generation
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=max(0.0, wake_at - now))
+            await set_within(changed, max(0.0, wake_at - now))
             if self._recoveries != recoveries:
                 return "retry"
             if self._generation != generation:

@@ -125,8 +125,11 @@ class MediaStage:
             while True:
                 self._wakeup.clear()
                 await self._poll()
+                # Not `wait_for`: on Python 3.11 it drops a cancellation that comes as the
+                # wake-up is set, and the stage would poll on after the daemon cancelled it.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
+                    async with asyncio.timeout(POLL_INTERVAL):
+                        await self._wakeup.wait()
                 busy = len(self._tasks) >= self.settings.media.concurrency
                 await asyncio.sleep(BACKLOG_POLL_GAP if busy else MIN_POLL_GAP)
         finally:
