@@ -26,6 +26,8 @@ import contextlib
 import itertools
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -52,6 +54,7 @@ __all__ = [
     "SinkConformance",
     "TcpProxy",
     "build_sink",
+    "imported_at_start",
     "make_context",
     "make_event",
     "make_status",
@@ -188,6 +191,18 @@ async def run_sink(
     finally:
         await handle.close()
     return sink
+
+
+def imported_at_start(module: str) -> bool:
+    """Whether `module` is imported when wahookd loads the installed plugins, as it does at
+    every start, configured or not: a sink's client library should not be (docs/plugins.md).
+    Asked of a fresh interpreter, since this one may have imported it already."""
+    script = (
+        "import sys; from wahookd.plugins import collect, get_plugin_manager; "
+        f"collect(get_plugin_manager()); print({module!r} in sys.modules)"
+    )
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return answer.stdout.strip() == "True"
 
 
 def raise_failure(failure: Failure | None) -> None:

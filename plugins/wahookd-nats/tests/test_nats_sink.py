@@ -28,7 +28,7 @@ from nats.js.api import StorageType
 
 from wahookd.errors import ConfigError, DeliveryError, PermanentDeliveryError
 from wahookd.plugins import collect, get_plugin_manager
-from wahookd.testing import build_sink, make_event, make_status, run_sink
+from wahookd.testing import build_sink, imported_at_start, make_event, make_status, run_sink
 
 NATS_URL = os.environ.get("WAHOOKD_TEST_NATS_URL", "nats://127.0.0.1:4222")
 [SPEC] = wahookd_nats.wahookd_register_sinks()
@@ -466,9 +466,4 @@ def test_a_daemon_killed_and_restarted_leaves_each_event_in_the_stream_once(
 def test_the_client_library_is_imported_only_for_a_configured_sink() -> None:
     """wahookd imports every installed plugin at start: nats (its memory, its import time)
     must load only when a sink table uses the plugin."""
-    script = (
-        "import sys; from wahookd.plugins import collect, get_plugin_manager; "
-        "collect(get_plugin_manager()); print('nats' in sys.modules)"
-    )
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == "False"
+    assert not imported_at_start("nats")
