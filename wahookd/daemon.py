@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -151,8 +152,30 @@ def unique(lines: list[str]) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
+# glibc's M_MMAP_THRESHOLD (mallopt(3)).
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def map_large_blocks() -> bool:
+    """Fix glibc's mmap threshold at its default, so a block of 128 KiB or more (a large
+    body, its JSON, its journal row) is its own mapping, returned to the system when freed.
+
+    Left dynamic, glibc raises the threshold to the size of the first large block freed,
+    and from then on large bodies land in the heaps (arenas) of the threads that touch them,
+    where they fragment: 170 bodies of 1.4 MB took the RSS from 60 to 105-170 MB, varying
+    from run to run; fixed, 60 to 80 MB. False off glibc, where nothing is changed."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
 def run_serve(args: argparse.Namespace) -> int:
     configure_logging()
+    map_large_blocks()
     prepared = prepare(args.config)
     set_level(prepared.settings.server.log_level)
     # Everything wahookd creates (journal, dead letters, rejected bodies, media, sink
