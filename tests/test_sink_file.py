@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from wahookd.errors import DeliveryError
 from wahookd.hookspecs import SinkContext
 from wahookd.sinks.file import FileOptions, FileSink
 
@@ -81,7 +82,7 @@ async def test_a_failed_fsync_is_retried_before_the_batch_counts_as_flushed(
     sink = make(tmp_path)
     await sink.start()
     await sink.deliver({"id": "a"})
-    with pytest.raises(OSError, match="I/O error"):
+    with pytest.raises(DeliveryError, match="I/O error"):
         await sink.flush()
     await sink.deliver({"id": "a"})  # redelivered: already written, so skipped
     await sink.flush()
@@ -107,7 +108,7 @@ async def test_a_write_cut_short_by_a_full_disk_leaves_no_torn_line(
 
     monkeypatch.setattr(os, "write", half_then_full)
     await sink.deliver({"id": "b", "text": "x" * 100})
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(DeliveryError, match="No space"):
         await sink.flush()
     monkeypatch.setattr(os, "write", real_write)
     assert lines(tmp_path / "events.jsonl") == [{"id": "a"}]  # cut back to whole lines

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wahookd.errors import WahookdError
+from wahookd.errors import DeliveryError, WahookdError
 from wahookd.events import dump_json, load_json
 from wahookd.hookspecs import SinkContext, SinkSpec, hookimpl
 
@@ -84,6 +84,12 @@ class FileSink:
         self._lines.append(dump_json(event) + b"\n")
 
     async def flush(self) -> None:
+        try:
+            await self._write_out()
+        except OSError as exc:  # a full disk, a directory gone: retried, one log line
+            raise DeliveryError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    async def _write_out(self) -> None:
         if not self._lines and not self._unsynced:
             return
         # The append lands in the page cache, microseconds, so it happens here; only the
