@@ -245,6 +245,17 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             ("25m", "WahookdReloadFailed", []),  # the window has passed
         ],
     },
+    "rate limit without redis": {
+        "series": [
+            series("wahookd_ratelimit_fallback_total", "0x2 0+50x20"),
+            # a Redis restart of a minute or two: the alert waits its `for`
+            series("wahookd_ratelimit_fallback_total", "0x2 0+50x2 100x18", instance="node2:8080"),
+        ],
+        "expect": [
+            ("8m", "WahookdRateLimitFallback", []),
+            ("15m", "WahookdRateLimitFallback", [fires()]),
+        ],
+    },
 }
 
 
@@ -268,6 +279,7 @@ def healthy_day() -> dict[str, Any]:
             series("wahookd_media_downloads_total", "0x120", source="shop", outcome="failed"),
             series("wahookd_reloads_total", "0x60 1x59", outcome="ok"),
             series("wahookd_reloads_total", "0x120", outcome="error"),
+            series("wahookd_ratelimit_fallback_total", "0x120"),
         ],
         "expect": [("100m", name, []) for name in alerts()],
     }
