@@ -142,6 +142,29 @@ async def test_a_full_disk_fails_the_commit_and_keeps_what_was_accepted(tmp_path
     await journal.close()
 
 
+async def test_a_caught_up_read_asks_no_reader_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the last position handed out there is nothing to read; events not in memory any
+    more are still read from the database."""
+    journal = await opened(tmp_path)
+    await journal.commit([event("a"), event("b")])
+    reads: list[int] = []
+    read_ready_sync = journal._read_ready_sync
+
+    def counted(after: int, limit: int, max_bytes: int) -> list:
+        reads.append(after)
+        return read_ready_sync(after, limit, max_bytes)
+
+    monkeypatch.setattr(journal, "_read_ready_sync", counted)
+    assert await journal.read_ready(2, 10) == []
+    assert reads == []
+    journal._recent.clear()
+    assert [r.dseq for r in await journal.read_ready(0, 10)] == [1, 2]
+    assert reads == [0]
+    await journal.close()
+
+
 async def test_prune_keeps_events_a_sink_has_not_passed(tmp_path: Path) -> None:
     journal = await opened(tmp_path)
     await journal.commit([event(name) for name in "abcd"])

@@ -280,6 +280,11 @@ class Journal(JournalWriter):
                 total += len(batch[-1].body)
                 dseq += 1
             return batch
+        if after >= self.last_dseq:
+            # Nothing past it: this daemon hands out every position itself (`give_position`
+            # only runs with it stopped). A caught-up sink asks after every group commit
+            # (at low traffic, after every event): no reader thread for an empty answer.
+            return []
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._read_ready_sync, after, limit, max_bytes)
 
