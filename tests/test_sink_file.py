@@ -12,7 +12,7 @@ import structlog
 
 from wahookd.errors import DeliveryError
 from wahookd.hookspecs import SinkContext
-from wahookd.sinks.file import FileOptions, FileSink
+from wahookd.sinks.file import FileOptions, FileSink, joined
 
 
 def make(tmp_path: Path, **options: object) -> FileSink:
@@ -114,3 +114,11 @@ async def test_a_write_cut_short_by_a_full_disk_leaves_no_torn_line(
     assert lines(tmp_path / "events.jsonl") == [{"id": "a"}]  # cut back to whole lines
     await sink.flush()  # the retry, once there is room
     assert [e["id"] for e in lines(tmp_path / "events.jsonl")] == ["a", "b"]
+
+
+def test_lines_are_written_in_pieces_under_the_mmap_threshold() -> None:
+    lines = [b"a" * 40 + b"\n"] * 5 + [b"b" * 200 + b"\n"] + [b"c\n"]
+    pieces = list(joined(lines, 100))
+    assert b"".join(pieces) == b"".join(lines)
+    assert [len(piece) for piece in pieces] == [82, 82, 41, 201, 2]
+    assert all(len(piece) <= 100 or piece.count(b"\n") == 1 for piece in pieces)
