@@ -22,17 +22,6 @@ from wahookd.testing import SinkConformance, TcpProxy
 POSTGRES = ("127.0.0.1", 5432)
 POSTGRES_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
-# The sql sink writes a batch at flush(), and a row the database refuses is found by
-# writing the batch again one event at a time, when wahookd delivers it again: the worker
-# delivers everything after its recorded position again after any failed flush (at every
-# concurrency), and `deliver` then refuses the bad event, which is dead-lettered. What the
-# sink does not promise is the stricter case this check also tries: a flush repeated alone,
-# without that redelivery, after the refused batch was cleared, reports success.
-REFUSED_ACKED = (
-    "sqlstore: flush() clears a refused batch, so a flush repeated alone (without the "
-    "redelivery wahookd's worker does) returns success for events never written"
-)
-
 
 def rows_as_events(rows: list[tuple[str, str | None]]) -> list[dict[str, Any]]:
     events = []
@@ -46,10 +35,6 @@ def rows_as_events(rows: list[tuple[str, str | None]]) -> list[dict[str, Any]]:
 class SqlConformance(SinkConformance):
     plugin = "sql"
     concurrency = 8
-
-    @pytest.mark.xfail(strict=True, reason=REFUSED_ACKED)
-    def test_a_refused_batch_is_never_acknowledged(self, tmp_path: Path) -> None:
-        super().test_a_refused_batch_is_never_acknowledged(tmp_path)
 
 
 class TestSqliteConformance(SqlConformance):

@@ -78,8 +78,8 @@ class TestRefusesAtFlush(ExampleConformance):
     plugin = "example_refuses_at_flush"
 
 
-class TestDropsRefusedBatch(ExampleConformance):
-    plugin = "example_drops_refused_batch"
+class TestIgnoresRefusal(ExampleConformance):
+    plugin = "example_ignores_refusal"
 
 
 class TestRestartsItself(ExampleConformance):

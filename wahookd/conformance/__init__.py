@@ -16,8 +16,8 @@ traceback. The promises checked:
 - events delivered but not flushed, then a SIGKILL of the process, then the redelivery
   wahookd makes after a restart: nothing lost, nothing doubled;
 - an unreachable target (``break_target``) raises a retryable error, not a permanent one,
-  and after ``heal_target`` the retried deliveries are stored once, whether wahookd
-  retries the flush alone (``concurrency > 1``) or delivers the batch again;
+  and after ``heal_target`` the retried deliveries are stored once (wahookd retries a
+  failed delivery, and after a failed flush delivers the batch again, then flushes);
 - a target that refuses events (``refuse_target``) gets them dead-lettered
   (`PermanentDeliveryError` from ``deliver``) and never acknowledged by a ``flush``;
 - ``start`` and ``close`` run once per sink lifetime, and a new sink on the same target
