@@ -55,3 +55,25 @@ def test_the_cli_works_on_the_postgres_backend(daemon_factory: Any, tmp_path: Pa
     assert wait_for(lambda: "privacy.forget" in sink_path.read_text(), 15)
     assert sink_path.read_text().count('"shop:PGCLI1"') == 1
     assert daemon.stop() == 0
+
+
+def test_reload_finds_a_postgres_node_and_a_second_daemon_on_its_state_dir_is_refused(
+    daemon_factory: Any, tmp_path: Path, pg_url: str
+) -> None:
+    """`systemctl reload` (`wahookd reload`) finds the daemon by its state directory's lock,
+    which every backend takes: on PostgreSQL it once answered "no daemon is running"."""
+    config = node_config(pg_url, tmp_path / "events.jsonl")
+    daemon: DaemonProcess = daemon_factory(config).start()
+    reloaded = cli(daemon, "reload")
+    assert (reloaded.returncode, reloaded.stdout) == (0, "reloaded\n"), reloaded.stderr
+    assert post(daemon.url, "PGRELOAD1") == 200
+
+    second = subprocess.run(
+        [sys.executable, "-m", "wahookd.cli", "serve", "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode != 0
+    assert "is used by pid" in second.stderr
+    assert daemon.stop() == 0

@@ -181,17 +181,17 @@ def run_serve(args: argparse.Namespace) -> int:
     # Everything wahookd creates (journal, dead letters, rejected bodies, media, sink
     # files) is for the service user only: the bodies carry people's messages.
     os.umask(0o077)
-    # The lock keeps a second daemon off a SQLite journal; on PostgreSQL, several nodes
-    # sharing the database is the point (each keeps its own state dir for media, keys).
-    lock = StateLock(prepared.settings.state.dir) if not prepared.settings.state.shared else None
+    # One daemon per state directory, on either backend: the lock keeps a second daemon off
+    # a SQLite journal, and on PostgreSQL, where several nodes share the database, each
+    # node's own directory (media, keys, reload verdicts); `wahookd reload` finds the daemon
+    # by it.
+    lock = StateLock(prepared.settings.state.dir)
     prepare_state_dir(prepared.settings.state.dir)
-    if lock is not None:
-        lock.acquire()
+    lock.acquire()
     try:
         return asyncio.run(serve(prepared, args.config))
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
 
 
 def notify_systemd(message: str) -> None:
