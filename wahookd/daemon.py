@@ -163,8 +163,10 @@ def map_large_blocks() -> bool:
 
     Left dynamic, glibc raises the threshold to the size of the first large block freed,
     and from then on large bodies land in the heaps (arenas) of the threads that touch them,
-    where they fragment: 170 bodies of 1.4 MB took the RSS from 60 to 105-170 MB, varying
-    from run to run; fixed, 60 to 80 MB. False off glibc, where nothing is changed."""
+    where they fragment: 170 bodies of 1.4 MB took the RSS to a peak of 139-171 MB, varying
+    from run to run; fixed, 82-88 MB. A short-lived buffer of that size is now a fresh
+    mapping each time (a page fault per 4 KiB touched): keep them off the hot path (the file
+    sink writes in pieces). False off glibc, where nothing is changed."""
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
