@@ -289,6 +289,59 @@ async def test_after_a_failed_flush_a_concurrent_sink_gets_every_event_again(tmp
     await journal.close()
 
 
+class FailingFlushSink:
+    """Its flush fails `failures` times in a row (a full disk), then stores the buffer."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.buffer: set[str] = set()
+        self.stored: set[str] = set()
+        self.flushed_at: list[float] = []
+
+    async def deliver(self, event: dict[str, Any]) -> None:
+        self.buffer.add(event["id"])
+
+    async def flush(self) -> None:
+        self.flushed_at.append(asyncio.get_running_loop().time())
+        if self.failures:
+            self.failures -= 1
+            raise DeliveryError("No space left on device")
+        self.stored |= self.buffer
+        self.buffer.clear()
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_failing_flush_is_retried_with_backoff_then_the_events_are_stored(
+    tmp_path: Path, concurrency: int
+) -> None:
+    """Once a second, fixed, was an error line a second for as long as a disk stayed full."""
+    journal = Journal(tmp_path, durable=False)
+    journal.open()
+    sink = FailingFlushSink(failures=4)
+    worker = SinkWorker(
+        "s",
+        table(concurrency=concurrency, backoff_initial=0.2, backoff_max=1.6),
+        sink,  # type: ignore[arg-type]
+        journal,
+        make_metrics(),
+    )
+    await worker.prepare()
+    task = asyncio.get_running_loop().create_task(worker.run())
+    await journal.commit([event(f"b{n}") for n in range(10)])
+    await settle(worker, timeout=15)
+    assert sink.stored == {f"b{n}" for n in range(10)}
+    await asyncio.sleep(0.3)  # no flush while nothing is new
+    gaps = [later - earlier for earlier, later in zip(sink.flushed_at, sink.flushed_at[1:])]
+    assert len(gaps) == 4
+    # The sink's backoff: each wait in [d/2, d], d doubling from 0.2 s (plus up to
+    # SAVE_SECONDS before a caught-up sink flushes), where it was 1 s, fixed.
+    assert gaps[0] < 0.6, gaps
+    assert gaps[3] >= 0.8, gaps
+    assert worker._flush_failures == 0  # a success starts the backoff over
+    await stop(worker, task)
+    await journal.close()
+
+
 async def test_a_concurrent_sink_holds_a_bounded_number_of_bytes_while_its_target_is_down(
     tmp_path: Path,
 ) -> None:

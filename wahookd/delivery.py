@@ -74,6 +74,10 @@ SAVE_SECONDS = 0.2
 # event; after a shorter run it may be a good event beside bad ones, whose retries it must not
 # hurry (they would burn through their attempts).
 PROBE_SECONDS = 2.0
+# A flush that fails (a full disk, a target down) is tried again, with every event since
+# the recorded position, after the sink's backoff, at most this long apart: only a try finds
+# the target back, and one error line a second for an hour's outage was 3,600 lines.
+FLUSH_RETRY_MAX = 30.0
 REDACT_KEY_FILE = "redact.key"
 
 
@@ -241,6 +245,8 @@ class SinkWorker:
         self._no_attempts = asyncio.Event()
         self._no_attempts.set()
         self._flushing = False
+        self._flush_failures = 0  # failed flushes (or position saves) in a row
+        self.flush_retry_in = 0.0  # the wait before the try after the last failed one
 
     @property
     def paused(self) -> bool:
@@ -380,7 +386,7 @@ class SinkWorker:
         # A reload may have asked for lanes meanwhile. After a failed flush the sink may have
         # lost what it took since its position: everything after it is delivered again.
         while await self._in_lanes():
-            if await self._sleep_or_stop(1.0):
+            if await self._sleep_or_stop(self.flush_retry_in):
                 return
 
     async def _in_order(self) -> bool:
@@ -414,7 +420,7 @@ class SinkWorker:
                         continue
                     if not await self._save(delivered):
                         delivered = self.cursor  # the sink lost them: deliver them again
-                        if await self._sleep_or_stop(1.0):
+                        if await self._sleep_or_stop(self.flush_retry_in):
                             return False
                         continue
                     last_save = time.monotonic()
@@ -434,7 +440,7 @@ class SinkWorker:
             if delivered > self.cursor and (stopped or time.monotonic() - last_save >= SAVE_SECONDS):
                 if not await self._save(delivered):
                     delivered = self.cursor
-                    if await self._sleep_or_stop(1.0):
+                    if await self._sleep_or_stop(self.flush_retry_in):
                         return False
                     continue
                 last_save = time.monotonic()
@@ -571,14 +577,28 @@ class SinkWorker:
         finally:
             self._flushing = False
             self._signal()
+        if failure is None:
+            try:
+                await self.journal.save_cursor(self.name, dseq)
+            except JournalError as exc:
+                failure = Failure(str(exc))
         if failure is not None:
-            self.log.error("sink_batch_failed", error=failure.error)
+            self._flush_failures += 1
+            table = self.table
+            most = min(table.backoff_max, FLUSH_RETRY_MAX)
+            self.flush_retry_in = (
+                min(failure.retry_after, most)
+                if failure.retry_after is not None
+                else backoff_delay(self._flush_failures, table.backoff_initial, most)
+            )
+            self.log.error(
+                "sink_batch_failed",
+                error=failure.error,
+                attempt=self._flush_failures,
+                retry_in=round(self.flush_retry_in, 3),
+            )
             return False
-        try:
-            await self.journal.save_cursor(self.name, dseq)
-        except JournalError as exc:
-            self.log.error("sink_batch_failed", error=str(exc))
-            return False
+        self._flush_failures = 0
         self.cursor = dseq
         self._count_backlog()
         return True
